@@ -1,0 +1,5 @@
+import sys
+
+from glus.cli import main
+
+sys.exit(main())

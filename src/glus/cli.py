@@ -1,0 +1,85 @@
+"""The `glus` command line: parse arguments, call one library function, report the result.
+
+Each sub-command lives in a small ``add_<name>`` function that declares its arguments and names the
+library function that runs it (imported lazily, so ``glus --help`` stays fast). User errors
+(:class:`glus.errors.GlusError`) are printed on one line without a traceback, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Callable, Sequence
+
+from glus.errors import GlusError
+
+DATASETS = ("mevis", "refytvos", "davis17", "revos", "lvvis", "reasonvos")
+
+
+def _runner(target: str) -> Callable[[argparse.Namespace], int | None]:
+    """Return a function that imports ``module:function`` on first call and runs it with the parsed args."""
+    module_name, func_name = target.split(":")
+
+    def run(args: argparse.Namespace) -> int | None:
+        return getattr(importlib.import_module(module_name), func_name)(args)
+
+    return run
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score predicted masks against a split (J, F, J&F)")
+    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--split-dir", required=True, help="folder with the split's annotation files")
+    p.add_argument("--pred", required=True, help="folder holding <video>/<exp_id>/<frame>.png")
+    p.add_argument("--output", required=True, help="RESULT.json to write (a per-expression CSV goes beside it)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--per-frame", action="store_true", help="also write per-frame J and F")
+    p.add_argument("--official-drop-missing", action="store_true",
+                   help="reproduce the official evaluator: silently drop missing or mis-sized predictions")
+    p.add_argument("--corrected", action="store_true",
+                   help="ReVOS: compute A and R on binary masks instead of the official 0/255 arithmetic")
+    p.set_defaults(func=_runner("glus.eval.command:evaluate_command"))
+
+
+def add_submit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="check predictions for completeness and write the server's zip")
+    p.add_argument("--dataset", choices=("mevis", "refytvos"), required=True)
+    p.add_argument("--split-dir", default=None, help="split annotations to check completeness against")
+    p.add_argument("pred_dir")
+    p.add_argument("out_zip")
+    p.set_defaults(func=_runner("glus.eval.submission:submit_command"))
+
+
+def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glus", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_evaluate, add_submit, *COMMANDS, *extra):
+        add(sub)
+    return parser
+
+
+# Further sub-commands (convert, segment, infer, train, demo) register here.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rc = args.func(args)
+    except GlusError as exc:
+        print(f"glus {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"glus {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

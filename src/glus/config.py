@@ -1,0 +1,184 @@
+"""Typed configuration of the GLUS model and its two presets (``tiny`` and ``glus-7b``).
+
+Every size, frame count and token count the model uses comes from here; no other module hard-codes one.
+Configs are plain dataclasses so they serialise to ``config.json`` (:meth:`GLUSConfig.to_dict`) and back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TextConfig:
+    """The LLaMA language model (``transformers.LlamaConfig`` fields)."""
+
+    vocab_size: int = 32004
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    hidden_act: str = "silu"
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    pad_token_id: int = 0
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class VisionConfig:
+    """The CLIP vision tower (``transformers.CLIPVisionConfig`` fields) and how LLaVA reads it."""
+
+    name_or_path: str = "openai/clip-vit-large-patch14"
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    image_size: int = 224
+    patch_size: int = 14
+    projection_dim: int = 768
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    select_layer: int = -2  # LLaVA's mm_vision_select_layer; the CLS token is dropped ("patch")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class Sam2Config:
+    """SAM-2 (Meta's ``sam2_hiera_*.yaml`` fields; defaults = Hiera-L, SAM 2.0, as GLUS uses it)."""
+
+    image_size: int = 1024
+    # Hiera trunk
+    embed_dim: int = 144
+    num_heads: int = 2
+    stages: tuple[int, ...] = (2, 6, 36, 4)
+    global_att_blocks: tuple[int, ...] = (23, 33, 43)
+    window_pos_embed_bkg_spatial_size: tuple[int, int] = (7, 7)
+    window_spec: tuple[int, ...] = (8, 4, 16, 8)
+    # FPN neck
+    d_model: int = 256
+    backbone_channel_list: tuple[int, ...] = (1152, 576, 288, 144)
+    fpn_top_down_levels: tuple[int, ...] = (2, 3)
+    fpn_interp_model: str = "nearest"
+    scalp: int = 1
+    # memory attention
+    mem_attn_num_layers: int = 4
+    mem_attn_dim_feedforward: int = 2048
+    mem_attn_num_heads: int = 1
+    mem_attn_rope_feat_sizes: tuple[int, int] = (32, 32)
+    # memory encoder
+    mem_dim: int = 64
+    mask_downsampler_kernel_size: int = 3
+    mask_downsampler_stride: int = 2
+    mask_downsampler_padding: int = 1
+    fuser_num_layers: int = 2
+    fuser_kernel_size: int = 7
+    fuser_padding: int = 3
+    fuser_layer_scale_init_value: float = 1e-6
+    # SAM-2 base flags that matter to GLUS
+    num_maskmem: int = 7
+    sigmoid_scale_for_mem_enc: float = 20.0
+    sigmoid_bias_for_mem_enc: float = -10.0
+    iou_prediction_use_sigmoid: bool = True
+    pred_obj_scores: bool = True
+    pred_obj_scores_mlp: bool = True
+    use_high_res_features_in_sam: bool = True
+    dynamic_multimask_via_stability: bool = True
+    dynamic_multimask_stability_delta: float = 0.05
+    dynamic_multimask_stability_thresh: float = 0.98
+
+
+@dataclass
+class GLUSConfig:
+    """The whole GLUS model: LLM + CLIP + pooling + projector + seg head + SAM-2, and the video protocol."""
+
+    text: TextConfig = field(default_factory=TextConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    sam2: Sam2Config = field(default_factory=Sam2Config)
+    pool_kernel: int = 4  # AvgPool1d over CLIP patch tokens: 256 -> 64 per frame
+    prompt_dim: int = 256  # out_dim of text_hidden_fcs = SAM-2 prompt width
+    context_frames: int = 4
+    query_frames: int = 4
+    mem_stride_train: int = 1
+    mem_stride_infer: int = 3
+    mm_use_im_start_end: bool = True
+    image_token_index: int = -200
+    seg_token: str = "[SEG]"
+    im_start_token: str = "<im_start>"
+    im_end_token: str = "<im_end>"
+    image_token: str = "<image>"
+
+    @property
+    def num_maskmem(self) -> int:
+        return self.sam2.num_maskmem
+
+    @property
+    def image_tokens_per_frame(self) -> int:
+        return self.vision.num_patches // self.pool_kernel
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GLUSConfig":
+        """Build from :meth:`to_dict` output; unknown keys are an error (a typo must not pass silently)."""
+        data = dict(data)
+        subs = {"text": TextConfig, "vision": VisionConfig, "sam2": Sam2Config}
+        kwargs: dict[str, Any] = {}
+        for name, sub_cls in subs.items():
+            if name in data:
+                kwargs[name] = _build(sub_cls, data.pop(name))
+        kwargs.update(_check_keys(cls, data, exclude=set(subs)))
+        return cls(**kwargs)
+
+
+def _check_keys(cls: type, data: dict[str, Any], exclude: set[str] = frozenset()) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(cls)} - set(exclude)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+    return data
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    data = _check_keys(cls, dict(data))
+    # JSON turns tuples into lists; restore tuples so configs compare equal after a round trip.
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def glus_7b() -> GLUSConfig:
+    """The released architecture: LLaMA-7B (LISA-7B-v1), CLIP ViT-L/14-224, SAM-2 Hiera-L."""
+    return GLUSConfig()
+
+
+def tiny() -> GLUSConfig:
+    """A few-MB model with the same module graph as the authors' tiny reference checkpoint (CPU, fp32)."""
+    return GLUSConfig(
+        text=TextConfig(vocab_size=703, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=4),
+        vision=VisionConfig(name_or_path="", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, projection_dim=32),
+        sam2=Sam2Config(embed_dim=8, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3,),
+                        d_model=32, backbone_channel_list=(64, 32, 16, 8), mem_attn_num_layers=1,
+                        mem_attn_dim_feedforward=64, mem_attn_rope_feat_sizes=(64, 64), mem_dim=16),
+        prompt_dim=32,
+    )
+
+
+PRESETS = {"glus-7b": glus_7b, "tiny": tiny}
+
+
+def preset(name: str) -> GLUSConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
