@@ -1,0 +1,130 @@
+"""Key frame selection (KFS): where a video's passes start, and how the built-in selector picks the frame.
+
+GLUS segments a video in one or two *passes* per expression (spec section 4.4): without a key frame, one
+forward pass over frames ``0..T-1``; with key frame ``k > 0``, a forward pass over ``k..T-1`` and then, with
+a cleared memory bank, a backward pass over ``k, k-1, .., 0`` whose masks fill frames ``< k``.
+
+Key frames come from three places:
+
+* the released JSON files ``{"<video>_<exp_id>": "<frame name>"}`` (:func:`load_key_frame_json`), resolved
+  as the authors' script does: the frame *number* is located among the sorted frame numbers of the video;
+* an explicit index per call;
+* the built-in self-refining selector (:func:`select_key_frame`): a first forward pass scores every frame
+  (see :func:`frame_quality`), the best frame becomes the key frame, and the two passes run from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from glus.errors import GlusError
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pass of the per-frame protocol: the true frame indices visited, in order.
+
+    The memory bank is cleared at the first frame of every pass, and memory keys are the step index
+    within the pass (0 at ``frames[0]``).
+    """
+
+    frames: tuple[int, ...]
+    direction: str  # "forward" or "backward"
+
+
+def plan_passes(num_frames: int, key_frame: int | None) -> list[Pass]:
+    """The passes of spec section 4.4 for a video of ``num_frames`` frames and an optional key frame index."""
+    if num_frames <= 0:
+        raise ValueError("a video needs at least one frame")
+    k = 0 if key_frame is None else int(key_frame)
+    if not 0 <= k < num_frames:
+        raise ValueError(f"key frame {k} outside 0..{num_frames - 1}")
+    passes = [Pass(tuple(range(k, num_frames)), "forward")]
+    if k > 0:
+        passes.append(Pass(tuple(range(k, -1, -1)), "backward"))
+    return passes
+
+
+def merge_passes(passes: Sequence[Pass], num_frames: int) -> np.ndarray:
+    """Which pass provides each frame's final mask: ``[T]`` int array of ``(pass index, step index)`` rows.
+
+    Later passes overwrite earlier ones (the backward pass owns frames ``<= k``, as in the released code;
+    its first step re-segments the key frame itself, which the authors' script then writes over the
+    forward pass's key-frame mask).
+    """
+    owner = np.full((num_frames, 2), -1, dtype=np.int64)
+    for p_idx, p in enumerate(passes):
+        for step, frame in enumerate(p.frames):
+            owner[frame] = (p_idx, step)
+    if (owner < 0).any():
+        missing = np.flatnonzero(owner[:, 0] < 0).tolist()
+        raise ValueError(f"passes leave frames {missing} without a mask")
+    return owner
+
+
+def load_key_frame_json(path: str | Path) -> dict[str, str]:
+    """Read a released key-frame file ``{"<video>_<exp_id>": "<frame name>"}``; one-line error if malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GlusError("key-frame file not found", path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GlusError(f"not a readable JSON file ({exc})", path) from None
+    if not isinstance(data, dict):
+        raise GlusError("expected a JSON object mapping '<video>_<exp_id>' to a frame name", path)
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        if not isinstance(value, (str, int)):
+            raise GlusError(f"entry {key!r}: frame name must be a string or integer, got {value!r}", path)
+        out[str(key)] = str(value)
+    return out
+
+
+def resolve_key_frame(frame: str | int, frame_names: Sequence[str], where: str = "") -> int:
+    """Index of a key frame given by name or number among ``frame_names``.
+
+    The released script compares frame *numbers* (``int(name)``) so that ``"5"``, ``"00005"`` and
+    ``"00005.jpg"`` all name the same frame; names that are not numbers are matched literally.
+    """
+    text = str(frame)
+    stem = text.rsplit(".", 1)[0] if "." in text else text
+    if stem in frame_names:
+        return list(frame_names).index(stem)
+    try:
+        number = int(stem)
+        numbers = [int(Path(n).stem) for n in frame_names]
+    except ValueError:
+        raise GlusError(f"key frame {text!r} is not one of the video's frames", where or None) from None
+    if number not in numbers:
+        raise GlusError(f"key frame {text!r} is not one of the video's frames", where or None)
+    # The official code locates the number among the sorted frame numbers; our frame order is the
+    # dataset's (sorted) order, so the position in ``frame_names`` is the same index.
+    return numbers.index(number)
+
+
+def frame_quality(iou_prediction: float, object_score_logit: float, seg_generated: bool) -> float:
+    """The built-in per-frame quality score used by the self-refining key-frame selector.
+
+    ``score = IoU_pred * sigmoid(object_score)`` from SAM-2's own heads on the first pass: the predicted IoU
+    says how well the mask fits what the prompt points at, the object score whether anything is there at
+    all. A frame whose turn did not produce ``[SEG]`` scores 0 (it has no mask to trust).
+    """
+    if not seg_generated:
+        return 0.0
+    return float(iou_prediction) * (1.0 / (1.0 + math.exp(-float(object_score_logit))))
+
+
+def select_key_frame(scores: Sequence[float]) -> int:
+    """The most reliable frame: the highest score, the earliest on ties (so a flat score keeps one pass)."""
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError("scores must be a non-empty 1-D sequence")
+    arr = np.where(np.isfinite(arr), arr, -np.inf)
+    return int(np.argmax(arr))
