@@ -1,0 +1,223 @@
+"""Write predicted masks to disk: per-frame PNGs, COCO-RLE JSON, ``expressions.json``.
+
+Layouts:
+
+* dataset runs (the benchmarks' submission layout): ``<out>/<video>/<exp_id>/<frame>.png``;
+* ``glus segment`` on one video: ``<out>/<i>/<frame>.png`` for the ``i``-th expression, plus
+  ``<out>/expressions.json`` mapping ``"<i>"`` to the expression text.
+
+PNGs are 8-bit single-channel with values 0 (background) and 255 (object), what the MeViS and Ref-YouTube-VOS
+servers expect. Every file is written atomically (a temporary file in the same folder, then ``os.replace``),
+so an interrupted run leaves either the old file or the complete new one, never a truncated file. Files are not
+fsync'ed: atomicity covers crashes of the process, not power loss, which keeps thousands of small writes cheap.
+
+Resumable dataset runs: :func:`write_expression_masks` writes all PNGs of one expression and then an atomic
+``.done`` marker listing the frame names. :func:`is_expression_done` is true only when that marker exists, lists
+exactly the requested frames, and every PNG is present, so a rerun skips finished expressions and redoes
+partial ones (including ones finished with a different frame selection). The marker is a hidden file inside the
+expression folder; submission tools should take ``*.png`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from glus.errors import GlusError
+
+logger = logging.getLogger(__name__)
+
+DONE_MARKER = ".done"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files with mode 0600; outputs get the usual 0666 & ~umask instead, like open() would give.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+# ---- atomic files ------------------------------------------------------------------------------------------
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = None) -> None:
+    """Serialise ``obj`` as UTF-8 JSON and write it atomically (non-ASCII text is kept readable)."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents) if needed and check that files can be created in it.
+
+    Call this before any expensive work so that a bad ``--output`` fails in a second, not after an hour.
+
+    Raises:
+        GlusError: the path is a file, cannot be created, or is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise GlusError("output path exists and is not a folder", path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GlusError(f"cannot create output folder ({exc.strerror or exc})", path) from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".glus-write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise GlusError(f"output folder is not writable ({exc.strerror or exc})", path) from None
+    return path
+
+
+# ---- PNG masks ---------------------------------------------------------------------------------------------
+def mask_to_uint8(mask: Any) -> np.ndarray:
+    """Binary mask -> ``uint8`` ``(H, W)`` array of 0/255.
+
+    Args:
+        mask: ``(H, W)`` boolean or integer array (any non-zero value is foreground; a CPU tensor works too).
+    """
+    array = np.asarray(mask)
+    if array.ndim != 2:
+        raise ValueError(f"mask must have shape (H, W), got {array.shape}")
+    if array.dtype != bool and not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"mask must be boolean or integer (threshold probabilities first), got {array.dtype}")
+    return np.where(array != 0, np.uint8(255), np.uint8(0))
+
+
+def write_mask_png(path: str | Path, mask: Any) -> None:
+    """Write one mask as an 8-bit grayscale 0/255 PNG, atomically. ``mask``: ``(H, W)`` bool or int."""
+    ok, encoded = cv2.imencode(".png", mask_to_uint8(mask))
+    if not ok:
+        raise RuntimeError(f"PNG encoding failed for {path}")
+    atomic_write_bytes(path, encoded.tobytes())
+
+
+def expression_dir(out_dir: str | Path, video: str, exp_id: str | int) -> Path:
+    """``<out>/<video>/<exp_id>``: the benchmark layout of one expression's PNGs."""
+    return Path(out_dir) / str(video) / str(exp_id)
+
+
+def segment_dir(out_dir: str | Path, index: int) -> Path:
+    """``<out>/<i>``: the PNG folder of the ``index``-th expression of ``glus segment``."""
+    return Path(out_dir) / str(index)
+
+
+def is_expression_done(exp_dir: str | Path, frame_names: Sequence[str]) -> bool:
+    """True when ``exp_dir`` holds a complete, finished set of PNGs for exactly ``frame_names``."""
+    exp_dir = Path(exp_dir)
+    try:
+        recorded = json.loads((exp_dir / DONE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(recorded, dict) or recorded.get("frames") != list(frame_names):
+        return False
+    return all((exp_dir / f"{name}.png").is_file() for name in frame_names)
+
+
+def write_expression_masks(exp_dir: str | Path, frame_names: Sequence[str], masks: Iterable[Any]) -> int:
+    """Write ``<exp_dir>/<frame>.png`` for every frame, then mark the expression done.
+
+    Masks are consumed one at a time (a generator works: the whole video is never held in memory). Any
+    previous marker is removed first, so an interrupted call leaves the expression "not done".
+
+    Args:
+        exp_dir: the expression's folder (created if missing).
+        frame_names: one name per mask, in order.
+        masks: iterable of ``(H, W)`` bool/int masks, as many as ``frame_names``, all of one size.
+
+    Returns:
+        The number of PNGs written.
+    """
+    exp_dir = Path(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / DONE_MARKER).unlink(missing_ok=True)
+    names = list(frame_names)
+    shape: tuple[int, ...] | None = None
+    count = 0
+    for mask in masks:
+        if count >= len(names):
+            raise ValueError(f"{exp_dir}: more masks than the {len(names)} frame names")
+        array = np.asarray(mask)
+        if shape is None:
+            shape = array.shape
+        elif array.shape != shape:
+            raise ValueError(f"{exp_dir}: mask for frame {names[count]} has shape {array.shape}, "
+                             f"earlier masks {shape}")
+        write_mask_png(exp_dir / f"{names[count]}.png", array)
+        count += 1
+    if count != len(names):
+        raise ValueError(f"{exp_dir}: got {count} masks for {len(names)} frame names")
+    atomic_write_json(exp_dir / DONE_MARKER, {"frames": names})
+    return count
+
+
+# ---- COCO RLE ----------------------------------------------------------------------------------------------
+def encode_rle(mask: Any) -> dict[str, Any]:
+    """Binary ``(H, W)`` mask -> COCO compressed RLE ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
+    binary = (mask_to_uint8(mask) > 0).astype(np.uint8)
+    rle = mask_utils.encode(np.asfortranarray(binary))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def _is_rle(value: Any) -> bool:
+    return isinstance(value, Mapping) and "counts" in value and "size" in value
+
+
+def write_rle_json(path: str | Path, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write ``{"<exp>": {"<frame>": rle}}`` atomically.
+
+    Args:
+        path: the JSON file to write.
+        results: per expression, per frame name, either an ``(H, W)`` mask or an RLE from :func:`encode_rle`.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for exp, frames in results.items():
+        out[str(exp)] = {str(name): (dict(value) if _is_rle(value) else encode_rle(value))
+                         for name, value in frames.items()}
+    atomic_write_json(path, out)
+
+
+def write_expressions_json(path: str | Path, expressions: Sequence[str] | Mapping[str, Any]) -> None:
+    """Write the expression texts atomically: a list becomes ``{"0": text0, "1": text1, ...}``.
+
+    The keys are the names of the mask folders (``<out>/<i>/``), so the JSON says which folder holds which
+    expression. A mapping (e.g. ``{video: {exp_id: text}}``) is written as given.
+    """
+    if isinstance(expressions, Mapping):
+        data: Mapping[str, Any] = {str(k): v for k, v in expressions.items()}
+    elif isinstance(expressions, str):
+        raise TypeError("expressions must be a sequence of strings, not one string")
+    else:
+        data = {str(i): str(text) for i, text in enumerate(expressions)}
+    atomic_write_json(path, data, indent=2)
+
+
+__all__ = [
+    "DONE_MARKER", "atomic_write_bytes", "atomic_write_json", "encode_rle", "ensure_writable_dir",
+    "expression_dir", "is_expression_done", "mask_to_uint8", "segment_dir", "write_expression_masks",
+    "write_expressions_json", "write_mask_png", "write_rle_json",
+]
