@@ -74,7 +74,9 @@ class Sam2Config:
     mem_attn_num_layers: int = 4
     mem_attn_dim_feedforward: int = 2048
     mem_attn_num_heads: int = 1
-    mem_attn_rope_feat_sizes: tuple[int, int] = (32, 32)
+    mem_attn_rope_feat_sizes: tuple[int, int] = (32, 32)  # yaml value; RoPE runs on the real (S/16)^2 grid
+    mem_attn_rope_theta: float = 10000.0
+    mem_attn_dropout: float = 0.1  # layer and attention dropout (active only in train mode)
     # memory encoder
     mem_dim: int = 64
     mask_downsampler_kernel_size: int = 3
@@ -91,6 +93,9 @@ class Sam2Config:
     iou_prediction_use_sigmoid: bool = True
     pred_obj_scores: bool = True
     pred_obj_scores_mlp: bool = True
+    # object-pointer modules: unused by GLUS but present in the checkpoint (obj_ptr_proj, no_obj_ptr, mask_downsample)
+    use_obj_ptrs_in_encoder: bool = True
+    use_mlp_for_obj_ptr_proj: bool = True
     use_high_res_features_in_sam: bool = True
     dynamic_multimask_via_stability: bool = True
     dynamic_multimask_stability_delta: float = 0.05
