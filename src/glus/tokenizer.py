@@ -111,7 +111,9 @@ class GLUSTokenizer:
         # the order of their saved ids, and refuses a file whose ids skip (so do we).
         for token, index in sorted((added_tokens or {}).items(), key=lambda item: item[1]):
             if self._sp_id(token) is not None:
-                continue  # already a sentencepiece piece (transformers skips it too)
+                # Already a sentencepiece piece: transformers skips it too, the piece's id stands.
+                logger.debug("added token %r is a sentencepiece piece; keeping id %d", token, self._sp_id(token))
+                continue
             expected = len(self)
             if index != expected:
                 raise GlusError(f"added token {token!r} has id {index} but the next free id is {expected}",
@@ -291,7 +293,7 @@ class GLUSTokenizer:
         return ids
 
     def _encode_body(self, text: str) -> list[int]:
-        pieces = [p for p in self._splitter.split(text)] if self._splitter is not None else [text]
+        pieces = self._splitter.split(text) if self._splitter is not None else [text]
         # re.split with one capture group alternates text, token, text, ...: odd positions are tokens.
         for i in range(1, len(pieces), 2):
             left_strip, right_strip = self._strip_rule[pieces[i]]
