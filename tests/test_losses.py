@@ -278,7 +278,8 @@ def test_skip_rules():
     one = [_meta("v1", "0", [1], "00000")]
     res = object_contrastive_loss(anchors[:1], one, _filled_bank(300), cfg)
     assert res.skipped and res.num_anchors == 1 and res.loss.item() == 0.0
-    res = object_contrastive_loss(anchors[:1], one, _filled_bank(300), ContrastiveConfig(update_bank_first=False, min_anchors=1))
+    keep_one = ContrastiveConfig(update_bank_first=False, min_anchors=1)
+    res = object_contrastive_loss(anchors[:1], one, _filled_bank(300), keep_one)
     assert not res.skipped and res.loss.item() > 0
 
 
@@ -373,3 +374,30 @@ def test_empty_bank_state_round_trip():
 def test_object_set_key_is_order_free():
     assert object_set_key(["3", 1]) == object_set_key([1, 3]) == "1,3"
     assert object_set_key([1]) != object_set_key([1, 3])
+
+
+_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+def test_bf16_anchors_on_any_device(device):
+    """bf16 embeddings (the full-size training dtype) give a float32 loss and bf16 gradients on the device."""
+    bank = _filled_bank(200)
+    bank.load_state_dict(
+        {**bank.state_dict(), "embeddings": bank.state_dict()["embeddings"].to(torch.bfloat16)}, device=device
+    )
+    anchors = torch.randn(2, D, device=device, dtype=torch.bfloat16, requires_grad=True)
+    a_metas = [_meta("v1", "0", [1], "00000"), _meta("v1", "1", [1], "00001")]
+    ref_bank = _filled_bank(200)  # float32 copy for the reference value
+    res = object_contrastive_loss(anchors, a_metas, bank, ContrastiveConfig(update_bank_first=False),
+                                  torch.Generator().manual_seed(0))
+    ref = object_contrastive_loss(anchors.detach().float().cpu(), a_metas, ref_bank,
+                                  ContrastiveConfig(update_bank_first=False), torch.Generator().manual_seed(0))
+    assert res.loss.dtype == torch.float32 and res.loss.device.type == device
+    assert torch.equal(res.bank_indices, ref.bank_indices)
+    assert res.loss.item() == pytest.approx(ref.loss.item(), rel=0.05)
+    res.loss.backward()
+    assert anchors.grad.dtype == torch.bfloat16 and anchors.grad.abs().sum() > 0
+    logits = torch.randn(2, 16, 16, device=device, dtype=torch.bfloat16)
+    bce, dice = mask_losses([logits], [logits > 0])
+    assert bce.device.type == device and dice.dtype == torch.float32

@@ -68,7 +68,13 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
 }
 # direction -> unit step (dx, dy) in image coordinates (y grows downwards)
-DIRECTIONS: dict[str, tuple[int, int]] = {"right": (1, 0), "left": (-1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
+DIRECTIONS: dict[str, tuple[int, int]] = {
+    "right": (1, 0),
+    "left": (-1, 0),
+    "up": (0, -1),
+    "down": (0, 1),
+    "still": (0, 0),
+}
 _BG_LOW, _BG_HIGH = 40, 150
 
 
@@ -220,8 +226,9 @@ def _trajectory(
     # in view throughout: pick a travel length, then a start that keeps the end inside
     span_x, span_y = hi_x - lo_x, hi_y - lo_y
     travel = rng.uniform(0.3, 0.9) * (span_x if dx else span_y if dy else 0.0)
-    x0 = rng.uniform(lo_x, hi_x - travel) if dx > 0 else rng.uniform(lo_x + travel, hi_x) if dx < 0 else rng.uniform(lo_x, hi_x)
-    y0 = rng.uniform(lo_y, hi_y - travel) if dy > 0 else rng.uniform(lo_y + travel, hi_y) if dy < 0 else rng.uniform(lo_y, hi_y)
+    # the start leaves ``travel`` free on the side the object moves to
+    x0 = rng.uniform(lo_x + (travel if dx < 0 else 0.0), hi_x - (travel if dx > 0 else 0.0))
+    y0 = rng.uniform(lo_y + (travel if dy < 0 else 0.0), hi_y - (travel if dy > 0 else 0.0))
     return tuple((x0 + dx * travel * t / steps, y0 + dy * travel * t / steps) for t in range(num_frames))
 
 

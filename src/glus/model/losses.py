@@ -426,8 +426,8 @@ def object_contrastive_loss(
         if not positives or len(negatives) < config.num_negatives:
             continue
         # Draw order of the released code: the negatives first, then the positive.
-        neg = torch.randint(len(negatives), (config.num_negatives,), generator=generator)
-        pos = torch.randint(len(positives), (1,), generator=generator)
+        neg = torch.randint(len(negatives), (config.num_negatives,), generator=generator, device="cpu")
+        pos = torch.randint(len(positives), (1,), generator=generator, device="cpu")
         index_rows.append(torch.cat([torch.tensor(positives)[pos], torch.tensor(negatives)[neg]]))
         rows.append(row)
 
