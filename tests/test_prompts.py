@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from glus.config import GLUSConfig, glus_7b, tiny
-from glus.prompts import (ANSWER_TEMPLATES, IGNORE_INDEX, QUESTION_TEMPLATES, InferenceConversation, PromptBuilder,
-                          Turn, build_input_ids, build_training_labels, expanded_length, normalize_expression,
-                          render_conversation, seg_prediction_positions, tokenizer_image_token)
+from glus.prompts import (ANSWER_TEMPLATES, IGNORE_INDEX, INFERENCE_ANSWER, INFERENCE_ANSWER_PREFIX,
+                          QUESTION_TEMPLATES, InferenceConversation, PromptBuilder, Turn, build_input_ids,
+                          build_training_labels, encode_training_conversation, expanded_length,
+                          normalize_expression, render_conversation, seg_prediction_positions,
+                          tokenizer_image_token)
 from glus.tokenizer import GLUSTokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -64,6 +66,8 @@ def test_every_reference_step_rebuilt(reference: dict, tok: GLUSTokenizer) -> No
 @needs_reference
 def test_answer_forms_match_official(reference: dict, tok: GLUSTokenizer) -> None:
     builder = PromptBuilder()
+    assert builder.answer() == ANSWER_TEMPLATES[INFERENCE_ANSWER].format(seg="[SEG]")
+    assert builder.answer() == INFERENCE_ANSWER_PREFIX + "[SEG]."
     # Failure: the official code appends "[SEG] ." to the open prefix.
     assert builder.inference_answer(False) == "Sure, the segmentation result is [SEG] ."
     # Success: decode of the generated sequence, last assistant turn, plus "." (as inference_iter.py does).
@@ -241,6 +245,9 @@ def test_training_labels_keep_only_answers(tok: GLUSTokenizer, answers: list[int
         assert tok.seg_token_id in ids[start:end]
     # The image indices and every [SEG]-predicting position of the question side are masked.
     assert all(lab == IGNORE_INDEX for lab, i in zip(labels, ids) if i == -200)
+    ids_t, labels_t = encode_training_conversation(text, tok, builder)
+    assert ids_t.dtype == labels_t.dtype == torch.long
+    assert ids_t.tolist() == ids and labels_t.tolist() == labels
     with pytest.raises(ValueError):
         build_training_labels(text, ids[:-1], tok, builder)
     with pytest.raises(ValueError):

@@ -63,6 +63,7 @@ ANSWER_TEMPLATES = (
     "{seg}.",
 )
 INFERENCE_QUESTION = 0  # index into QUESTION_TEMPLATES used at inference
+INFERENCE_ANSWER = 3  # index into ANSWER_TEMPLATES whose text the inference answer follows
 INFERENCE_ANSWER_PREFIX = "Sure, the segmentation result is "
 
 
@@ -144,7 +145,11 @@ class PromptBuilder:
         return text
 
     def context_block(self) -> str:
-        """The context frames and the instruction that precedes the first question."""
+        """The context frames and the instruction that precedes the first question.
+
+        The released code always writes 4 images here (its constant ``CONTEXT_FRAME_NUM``), whatever
+        ``--context_frame_num`` says; glus writes ``context_frames`` images, the same text for the default 4.
+        """
         return self._with_placeholders(self.image_token * self.context_frames + CONTEXT_INSTRUCTION)
 
     def question(self, expression: str, template: int = INFERENCE_QUESTION) -> str:
@@ -152,7 +157,8 @@ class PromptBuilder:
         return self._with_placeholders(QUESTION_TEMPLATES[template].format(image=self.image_token,
                                                                            expression=expression))
 
-    def answer(self, template: int = 3) -> str:
+    def answer(self, template: int = INFERENCE_ANSWER) -> str:
+        """One closed assistant answer, e.g. ``"Sure, [SEG]."``."""
         return ANSWER_TEMPLATES[template].format(seg=self.seg_token)
 
     def inference_answer(self, seg_generated: bool) -> str:
@@ -280,6 +286,14 @@ def build_training_labels(conversation: str, input_ids: Sequence[int], tokenizer
     if cur != len(labels):
         raise ValueError(f"rounds cover {cur} tokens but the conversation has {len(labels)}")
     return labels
+
+
+def encode_training_conversation(conversation: str, tokenizer: "GLUSTokenizer",
+                                 builder: PromptBuilder) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, labels)`` of a closed training conversation, both int64 tensors of shape [L]."""
+    ids = tokenizer_image_token(conversation, tokenizer, builder.image_token, builder.image_token_index)
+    labels = build_training_labels(conversation, ids, tokenizer, builder)
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
 
 
 def expanded_length(input_ids: Sequence[int] | torch.Tensor, tokens_per_image: int,
