@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import struct
 import weakref
 from pathlib import Path
 
@@ -152,6 +153,41 @@ def _assert_frames_not_retained(src) -> int:
         alive = sum(r() is not None for r in refs[:-1])  # the suspended generator may hold the current one
         assert alive == 0, f"{alive} earlier decoded frames are still held by the source after {len(refs)} frames"
     return len(refs)
+
+
+def _set_rotation(src: Path, dst: Path, matrix: tuple[int, ...]) -> Path:
+    """Copy an mp4 with the track header's display matrix replaced (what phones write for portrait video)."""
+    data = bytearray(src.read_bytes())
+    at = data.find(b"tkhd")
+    assert data[at + 4] == 0, "expected a version-0 tkhd box"
+    # version/flags, creation, modification, track id, reserved, duration (6 x 4 bytes), then 16 more bytes
+    start = at + 4 + 24 + 16
+    assert struct.unpack(">9i", data[start:start + 36]) == (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+    data[start:start + 36] = struct.pack(">9i", *matrix)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize("matrix,turns", [
+    ((0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30), -1),  # portrait phone video: turn clockwise
+    ((0, -(1 << 16), 0, 1 << 16, 0, 0, 0, 0, 1 << 30), 1),
+    ((-(1 << 16), 0, 0, 0, -(1 << 16), 0, 0, 0, 1 << 30), 2),
+])
+def test_display_rotation_is_applied(tmp_path: Path, mp4: Path, matrix: tuple[int, ...], turns: int,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    upright = list(open_video(mp4, max_frames=3).iter_frames())
+    rotated = _set_rotation(mp4, tmp_path / "rot.mp4", matrix)
+    with open_video(rotated, max_frames=3) as src:
+        want = np.rot90(upright[0], k=turns)
+        assert src.size == want.shape[:2]
+        got = list(src.iter_frames())
+    assert len(got) == 3 and got[0].flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(got[2], np.rot90(upright[2], k=turns))
+    # OpenCV's backend rotates the same way, so the fallback agrees on orientation
+    monkeypatch.setattr(av, "open", lambda *a, **k: (_ for _ in ()).throw(av.error.InvalidDataError(1, "x")))
+    with open_video(rotated, max_frames=1) as cv_src:
+        assert cv_src.backend == "opencv" and cv_src.size == want.shape[:2]
+        assert mean_abs(cv_src.read(0), want) < 3
 
 
 def test_streaming_does_not_retain_frames(mp4: Path) -> None:

@@ -20,7 +20,8 @@ Pixel conversions (applied to every frame, whatever its storage):
 * 16-bit images -> 8-bit by rounding ``v / 257`` (maps 0..65535 onto 0..255 exactly, ``257 * k`` -> ``k``);
 * palette images -> RGB through their palette; CMYK / YCbCr -> RGB.
 
-EXIF orientation is deliberately *not* applied: dataset annotations are stored in the pixel orientation of
+Video files are turned upright according to their display-matrix rotation (as players and OpenCV show them),
+so portrait phone videos come out portrait. EXIF orientation of images is deliberately *not* applied: dataset annotations are stored in the pixel orientation of
 the file, and rotating the frame would misalign them.
 
 Folders may hold files that are clearly not frames (``.txt``, ``.json``, ``.csv``, ... and hidden files such
@@ -328,7 +329,11 @@ class VideoFileSource(VideoSource):
 
     def _to_rgb(self, frame: object) -> np.ndarray:
         if self.backend == "pyav":
-            return frame.to_ndarray(format="rgb24")  # type: ignore[attr-defined]
+            rgb = frame.to_ndarray(format="rgb24")  # type: ignore[attr-defined]
+            # Display-matrix rotation (phone videos): PyAV reports the counter-clockwise angle; np.rot90 turns
+            # counter-clockwise, which gives the upright picture players (and OpenCV's backend) show.
+            turns = round((frame.rotation or 0) / 90) % 4  # type: ignore[attr-defined]
+            return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
         import cv2
 
         bgr = np.asarray(frame)
