@@ -232,6 +232,34 @@ def test_truncated_video(tmp_path: Path, mp4: Path) -> None:
     assert str(cut) in str(exc.value) and "\n" not in str(exc.value)
 
 
+def test_truncated_streamable_video_yields_what_survives(tmp_path: Path, frames: list[np.ndarray]) -> None:
+    full = encode(tmp_path / "full.mkv", frames)
+    cut = tmp_path / "cut.mkv"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])  # mkv needs no index at the end: the first half still plays
+    with open_video(cut) as src:
+        assert 0 < src.num_frames < N_FRAMES
+        got = list(src.iter_frames())
+    assert len(got) == src.num_frames  # frame count and decoded frames agree
+
+
+def test_decoder_yielding_fewer_frames_than_counted(mp4: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = video_mod.VideoFileSource._decode_all
+
+    def short(self):  # a decoder that silently drops the tail, as some damaged files do
+        for index, frame in original(self):
+            if index == 10:
+                return
+            yield index, frame
+
+    monkeypatch.setattr(video_mod.VideoFileSource, "_decode_all", short)
+    src = open_video(mp4)
+    assert src.num_frames == N_FRAMES
+    with pytest.raises(GlusError) as exc:
+        list(src.iter_frames())
+    _assert_one_line(exc, mp4, "ends before frame 10")
+
+
 def test_video_with_zero_frames(tmp_path: Path) -> None:
     empty = encode(tmp_path / "empty.avi", [], codec="mpeg4")  # avi keeps a stream header with no packets
     with pytest.raises(GlusError) as exc:

@@ -332,7 +332,7 @@ class VideoFileSource(VideoSource):
             rgb = frame.to_ndarray(format="rgb24")  # type: ignore[attr-defined]
             # Display-matrix rotation (phone videos): PyAV reports the counter-clockwise angle; np.rot90 turns
             # counter-clockwise, which gives the upright picture players (and OpenCV's backend) show.
-            turns = round((frame.rotation or 0) / 90) % 4  # type: ignore[attr-defined]
+            turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # PyAV >= 13 reports it
             return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
         import cv2
 
