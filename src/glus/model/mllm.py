@@ -497,10 +497,17 @@ class GlusMLLM(nn.Module):
     # ------------------------------------------------------------------ training / memory helpers
     def gradient_checkpointing_enable(self) -> None:
         """Recompute decoder-layer activations in the backward pass (non-reentrant checkpointing)."""
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
-        self.model.gradient_checkpointing_disable()
+        if hasattr(self.model, "activation_checkpointing_disable"):
+            self.model.activation_checkpointing_disable()
+        else:
+            self.model.gradient_checkpointing_disable()
 
     @property
     def is_gradient_checkpointing(self) -> bool:
@@ -512,6 +519,32 @@ class GlusMLLM(nn.Module):
         device = torch.device(device) if device is not None else self.lm_head.weight.device
         with torch.device(device):
             self.model.rotary_emb = LlamaRotaryEmbedding(config=self.model.config)
+
+
+def positions_predicting(
+    input_ids: torch.Tensor | Sequence[Sequence[int] | torch.Tensor], inputs: EmbeddedInputs, token_id: int
+) -> list[torch.Tensor]:
+    """Expanded positions whose next-token prediction is ``token_id``: one before each occurrence of it.
+
+    With ``token_id`` = ``[SEG]`` these are the positions whose hidden states give the ``[SEG]`` embeddings of a
+    teacher-forced prompt (the released training code's shifted ``seg_token_mask``).
+
+    Args:
+        input_ids: the ids given to :meth:`GlusMLLM.build_inputs_embeds` for ``inputs``.
+        inputs: its result.
+        token_id: e.g. the ``[SEG]`` id.
+
+    Returns:
+        One ``[K_b]`` long tensor per row, in prompt order.
+    """
+    rows = _as_rows(input_ids, inputs.token_positions.device)
+    out = []
+    for b, ids in enumerate(rows):
+        hits = torch.nonzero(ids == token_id).flatten()
+        if bool((hits == 0).any()):
+            raise ValueError(f"token {token_id} at position 0 has no predicting position")
+        out.append(inputs.token_positions[b, hits] - 1)
+    return out
 
 
 def _as_rows(ids: torch.Tensor | Sequence[Sequence[int] | torch.Tensor], device: torch.device) -> list[torch.Tensor]:
