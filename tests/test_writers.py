@@ -15,9 +15,10 @@ from pycocotools import mask as mask_utils
 
 from glus.errors import GlusError
 from glus.inference import writers
+from glus.data.masks import encode_rle
 from glus.inference.writers import (
-    DONE_MARKER, atomic_write_bytes, encode_rle, ensure_writable_dir, expression_dir, is_expression_done,
-    mask_to_uint8, segment_dir, write_expression_masks, write_expressions_json, write_mask_png, write_rle_json,
+    DONE_MARKER, atomic_write_bytes, atomic_write_json, ensure_writable_dir, expression_dir, is_expression_done,
+    segment_dir, write_expression_masks, write_expressions_json, write_rle_json,
 )
 
 NAMES = ["00000", "00005", "00010"]
@@ -34,23 +35,21 @@ def read_png(path: Path) -> np.ndarray:
         return np.asarray(im)
 
 
-def test_png_is_8bit_0_255_and_round_trips(tmp_path: Path) -> None:
+def test_pngs_are_8bit_0_255_and_round_trip(tmp_path: Path) -> None:
     m = masks(1)[0]
     for value in (m, m.astype(np.uint8), m.astype(np.int64) * 7):
-        write_mask_png(tmp_path / "m.png", value)
-        got = read_png(tmp_path / "m.png")
+        write_expression_masks(tmp_path, ["f"], [value])
+        got = read_png(tmp_path / "f.png")
         assert got.dtype == np.uint8 and set(np.unique(got)) <= {0, 255}
         np.testing.assert_array_equal(got > 0, m)
-    assert [p.name for p in tmp_path.iterdir()] == ["m.png"]  # no temp file left behind
-    mode = stat.S_IMODE((tmp_path / "m.png").stat().st_mode)
-    assert mode & 0o044, f"output not readable by others: {oct(mode)}"  # mkstemp's 0600 was widened
+    assert sorted(p.name for p in tmp_path.iterdir()) == [DONE_MARKER, "f.png"]  # no temp file left behind
 
 
-def test_mask_validation() -> None:
-    with pytest.raises(TypeError):
-        mask_to_uint8(np.zeros((4, 4), np.float32))
-    with pytest.raises(ValueError):
-        mask_to_uint8(np.zeros((1, 4, 4), bool))
+def test_atomic_json_is_readable_by_others(tmp_path: Path) -> None:
+    atomic_write_json(tmp_path / "x.json", {"a": 1})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+    mode = stat.S_IMODE((tmp_path / "x.json").stat().st_mode)
+    assert mode == 0o666 & ~writers._current_umask(), oct(mode)  # not mkstemp's private 0600
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

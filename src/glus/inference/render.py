@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from glus.inference.writers import atomic_write_bytes
+from glus.inference.writers import FILE_MODE, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -426,7 +426,7 @@ class OverlayVideoWriter:
         self._container.close()
         self._container = None
         assert self._mp4_tmp is not None
-        os.chmod(self._mp4_tmp, 0o644)
+        os.chmod(self._mp4_tmp, FILE_MODE)
         gif = self._write_gif()
         sheet = self._write_sheet()
         os.replace(self._mp4_tmp, self.mp4_path)
@@ -442,7 +442,7 @@ class OverlayVideoWriter:
             # GIF delays are in 1/100 s; browsers treat delays below 20 ms as 100 ms, hence the floor.
             frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], loop=0,
                            duration=max(20, round(1000 / self.fps, -1)))
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, FILE_MODE)
             os.replace(tmp, self.gif_path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -27,10 +27,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from glus.data.masks import encode_rle, write_mask_png
 from glus.errors import GlusError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def _current_umask() -> int:
 
 
 # mkstemp creates files with mode 0600; outputs get the usual 0666 & ~umask instead, like open() would give.
-_FILE_MODE = 0o666 & ~_current_umask()
+FILE_MODE = 0o666 & ~_current_umask()
 
 
 # ---- atomic files ------------------------------------------------------------------------------------------
@@ -56,7 +55,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -93,29 +92,7 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return path
 
 
-# ---- PNG masks ---------------------------------------------------------------------------------------------
-def mask_to_uint8(mask: Any) -> np.ndarray:
-    """Binary mask -> ``uint8`` ``(H, W)`` array of 0/255.
-
-    Args:
-        mask: ``(H, W)`` boolean or integer array (any non-zero value is foreground; a CPU tensor works too).
-    """
-    array = np.asarray(mask)
-    if array.ndim != 2:
-        raise ValueError(f"mask must have shape (H, W), got {array.shape}")
-    if array.dtype != bool and not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"mask must be boolean or integer (threshold probabilities first), got {array.dtype}")
-    return np.where(array != 0, np.uint8(255), np.uint8(0))
-
-
-def write_mask_png(path: str | Path, mask: Any) -> None:
-    """Write one mask as an 8-bit grayscale 0/255 PNG, atomically. ``mask``: ``(H, W)`` bool or int."""
-    ok, encoded = cv2.imencode(".png", mask_to_uint8(mask))
-    if not ok:
-        raise RuntimeError(f"PNG encoding failed for {path}")
-    atomic_write_bytes(path, encoded.tobytes())
-
-
+# ---- PNG masks (encoded by glus.data.masks.write_mask_png: 8-bit 0/255, atomic) -----------------------------
 def expression_dir(out_dir: str | Path, video: str, exp_id: str | int) -> Path:
     """``<out>/<video>/<exp_id>``: the benchmark layout of one expression's PNGs."""
     return Path(out_dir) / str(video) / str(exp_id)
@@ -147,7 +124,7 @@ def write_expression_masks(exp_dir: str | Path, frame_names: Sequence[str], mask
     Args:
         exp_dir: the expression's folder (created if missing).
         frame_names: one name per mask, in order.
-        masks: iterable of ``(H, W)`` bool/int masks, as many as ``frame_names``, all of one size.
+        masks: iterable of ``(H, W)`` masks (non-zero = object), as many as ``frame_names``, all of one size.
 
     Returns:
         The number of PNGs written.
@@ -175,14 +152,7 @@ def write_expression_masks(exp_dir: str | Path, frame_names: Sequence[str], mask
     return count
 
 
-# ---- COCO RLE ----------------------------------------------------------------------------------------------
-def encode_rle(mask: Any) -> dict[str, Any]:
-    """Binary ``(H, W)`` mask -> COCO compressed RLE ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
-    binary = (mask_to_uint8(mask) > 0).astype(np.uint8)
-    rle = mask_utils.encode(np.asfortranarray(binary))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
-
-
+# ---- COCO RLE (encoded by glus.data.masks.encode_rle) ------------------------------------------------------
 def _is_rle(value: Any) -> bool:
     return isinstance(value, Mapping) and "counts" in value and "size" in value
 
@@ -192,7 +162,8 @@ def write_rle_json(path: str | Path, results: Mapping[str, Mapping[str, Any]]) -
 
     Args:
         path: the JSON file to write.
-        results: per expression, per frame name, either an ``(H, W)`` mask or an RLE from :func:`encode_rle`.
+        results: per expression, per frame name, either an ``(H, W)`` mask (non-zero = object) or an RLE
+            from :func:`glus.data.masks.encode_rle`.
     """
     out: dict[str, dict[str, Any]] = {}
     for exp, frames in results.items():
@@ -217,7 +188,6 @@ def write_expressions_json(path: str | Path, expressions: Sequence[str] | Mappin
 
 
 __all__ = [
-    "DONE_MARKER", "atomic_write_bytes", "atomic_write_json", "encode_rle", "ensure_writable_dir",
-    "expression_dir", "is_expression_done", "mask_to_uint8", "segment_dir", "write_expression_masks",
-    "write_expressions_json", "write_mask_png", "write_rle_json",
+    "DONE_MARKER", "FILE_MODE", "atomic_write_bytes", "atomic_write_json", "ensure_writable_dir", "expression_dir",
+    "is_expression_done", "segment_dir", "write_expression_masks", "write_expressions_json", "write_rle_json",
 ]
