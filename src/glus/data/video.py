@@ -21,8 +21,8 @@ Pixel conversions (applied to every frame, whatever its storage):
 * palette images -> RGB through their palette; CMYK / YCbCr -> RGB.
 
 Video files are turned upright according to their display-matrix rotation (as players and OpenCV show them),
-so portrait phone videos come out portrait. EXIF orientation of images is deliberately *not* applied: dataset annotations are stored in the pixel orientation of
-the file, and rotating the frame would misalign them.
+so portrait phone videos come out portrait. EXIF orientation of images is deliberately *not* applied: dataset
+annotations are stored in the pixel orientation of the file, and rotating the frame would misalign them.
 
 Folders may hold files that are clearly not frames (``.txt``, ``.json``, ``.csv``, ... and hidden files such
 as ``.DS_Store``); those are ignored. Sub-folders are ignored. Any other file raises :class:`GlusError`,

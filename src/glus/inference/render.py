@@ -276,7 +276,9 @@ class _TileSampler:
 
     def __init__(self, count: int, total: int | None) -> None:
         self.count = count
-        self.wanted = None if total is None else set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist())
+        self.wanted: set[int] | None = None
+        if total is not None:
+            self.wanted = set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist())
         self.step = 1
         self.kept: list[tuple[int, Any]] = []
 
