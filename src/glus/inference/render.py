@@ -254,7 +254,7 @@ def contact_sheet(tiles: Sequence[np.ndarray], labels: Sequence[str], expression
         if tile.shape[:2] != (th, tw):
             raise ValueError(f"tile {k} has size {tile.shape[:2]}, the first {th, tw}")
         tile = tile.copy()
-        draw_label(tile, label)
+        draw_label(tile, label, font_size=max(11, size - 4))
         r, c = divmod(k, columns)
         sheet.paste(Image.fromarray(tile), (gap + c * (tw + gap), header_h + r * (th + gap)))
     return np.asarray(sheet)
