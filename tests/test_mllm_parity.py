@@ -63,8 +63,9 @@ def test_clip_pixel_values_match_official(reference, frame_pixels):
     assert frame_pixels.shape == (len(reference["frames"]), 3, 224, 224)
     for rec, pix in zip(reference["frames"], frame_pixels):
         assert list(pix.shape) == rec["clip_pixel_values_shape"]
-        # The official sum is a float32 reduction of the same values: equal bits mean equal pixels here.
-        assert float(pix.sum()) == pytest.approx(rec["clip_pixel_values_sum"], abs=1e-3)
+        # The record is a float32 sum (its rounding depends on the thread count, up to ~0.008 here); one grey
+        # level more at one input pixel moves the exact sum by ~0.09, so 0.02 on the float64 sum tells them apart.
+        assert float(pix.double().sum()) == pytest.approx(rec["clip_pixel_values_sum"], abs=0.02)
 
 
 def _steps(reference):
