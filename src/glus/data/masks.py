@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +26,11 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as cocomask
 
 from glus.errors import GlusError
+
+# pycocotools (<= 2.0.11) builds its output with numpy's pre-2.0 ``copy=False`` protocol and numpy 2 warns
+# on every decode; the result is correct, so that one message is silenced.
+warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
+                        category=DeprecationWarning, module="pycocotools")
 
 __all__ = ["decode_rle", "decode_rle_stack", "encode_rle", "rle_size", "read_mask_png", "write_mask_png"]
 
