@@ -1,0 +1,147 @@
+"""Reading and writing checkpoint files: hub/local resolution, shards, key checks, atomic saves.
+
+This module knows file layouts, not model structure: it returns and accepts flat ``{key: tensor}`` state
+dicts. ``glus.model.checkpoint`` maps them onto the model.
+
+Layouts read (spec section 6):
+
+* the released one, as transformers 4.31 ``save_pretrained`` writes it: ``pytorch_model.bin`` or
+  ``pytorch_model-0000N-of-0000M.bin`` shards with ``pytorch_model.bin.index.json``;
+* safetensors, single (``model.safetensors``) or sharded (``model.safetensors.index.json``), which is also
+  glus's own format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+
+from glus.errors import GlusError
+
+logger = logging.getLogger(__name__)
+
+# Persistent buffers that transformers 4.31 wrote into LLaMA checkpoints: derived from the config, not weights.
+NON_WEIGHT_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def resolve_checkpoint(path_or_id: str | os.PathLike, allow_patterns: Iterable[str] | None = None) -> Path:
+    """A local folder for ``path_or_id``: the folder itself, or a hub snapshot downloaded through huggingface_hub.
+
+    Offline (or without huggingface_hub reaching the hub) a hub id fails with one clear line.
+    """
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise GlusError("expected a checkpoint folder, got a file", path)
+        return path
+    text = str(path_or_id)
+    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise GlusError("checkpoint folder not found", text)
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(repo_id=text, allow_patterns=list(allow_patterns) if allow_patterns else None)
+    except Exception as exc:  # network errors, missing repo, offline mode: all are the user's to fix
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GlusError(
+            f"not a local folder, and downloading it from the Hugging Face hub failed ({reason}); "
+            "download it where a network exists and pass the folder", text) from None
+    return Path(local)
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a checkpoint folder, shards in index order; one-line error when there are none."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise GlusError(f"malformed shard index ({exc})", index) from None
+            files = sorted(set(weight_map.values()))
+            missing = [f for f in files if not (folder / f).exists()]
+            if missing:
+                raise GlusError(f"shard {missing[0]} listed in the index is missing", index)
+            return [folder / f for f in files]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).exists():
+            return [folder / name]
+    raise GlusError("no weights found (model.safetensors, pytorch_model.bin or a shard index)", folder)
+
+
+def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder on the CPU, in their stored dtype."""
+    state: dict[str, torch.Tensor] = {}
+    for file in weight_files(folder):
+        try:
+            if file.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                part = load_file(str(file))
+            else:
+                part = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:
+            raise GlusError(f"cannot read weights ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                            file) from None
+        if not isinstance(part, Mapping):
+            raise GlusError("weights file does not hold a state dict", file)
+        if "model" in part and isinstance(part["model"], Mapping) and len(part) <= 3:
+            part = part["model"]  # Meta's SAM-2 format {"model": state_dict}
+        state.update(part)
+    return state
+
+
+def drop_non_weights(state: dict[str, torch.Tensor]) -> list[str]:
+    """Remove known non-weight buffers of the released layout in place; return the removed keys."""
+    dropped = [k for k in state if k.endswith(NON_WEIGHT_SUFFIXES)]
+    for k in dropped:
+        del state[k]
+    return dropped
+
+
+def describe_key_mismatch(missing: Iterable[str], unexpected: Iterable[str], where: str | Path,
+                          shapes: Iterable[str] = ()) -> str | None:
+    """One line that lists what does not fit (``None`` when everything fits)."""
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
+        keys = sorted(keys)
+        if keys:
+            shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+            parts.append(f"{len(keys)} {label} key(s): {shown}")
+    return None if not parts else f"{where}: checkpoint does not match the model: " + "; ".join(parts)
+
+
+def save_safetensors_atomic(state: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+                            ) -> None:
+    """Write a safetensors file through a temporary file in the same folder, so a crash leaves no half file."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        # safetensors refuses shared storage; contiguous copies keep tied/viewed tensors apart.
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_atomic(data: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
