@@ -17,6 +17,7 @@ from glus.model.mllm import (
     apply_lora,
     build_mllm,
     is_non_weight_buffer_key,
+    lora_target_names,
     merge_lora,
     non_weight_buffer_keys,
     positions_predicting,
@@ -316,6 +317,13 @@ def test_lora_targets_only_llm_q_v_and_trainable_set():
         assert any(must in n for n in trainable), must
     for frozen in ("image_encoder", "mlp.gate_proj", "q_proj.base_layer", "model.norm", "input_layernorm"):
         assert not any(frozen in n for n in trainable), frozen
+    nested = nn.Module()
+    nested.mllm = _with_fake_sam(GlusMLLM(tiny()))  # a wrapper holding the MLLM one level down
+    assert lora_target_names(nested) == sorted(
+        f"mllm.model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")
+    )
+    with pytest.raises(ValueError, match="no LLaMA decoder linear named o_proj2"):
+        apply_lora(GlusMLLM(tiny()), target_modules=("o_proj2",))
     r = peft_model.peft_config["default"]
     assert (r.r, r.lora_alpha, r.lora_dropout) == (8, 16, 0.05)
     # Attribute access reaches the wrapped GlusMLLM.

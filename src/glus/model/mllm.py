@@ -308,8 +308,9 @@ class GlusMLLM(nn.Module):
         Returns:
             :class:`EmbeddedInputs`; rows are right-padded to the longest expanded row.
         """
-        rows = _as_rows(input_ids, self.lm_head.weight.device)
-        label_rows = None if labels is None else _as_rows(labels, self.lm_head.weight.device)
+        device = self.model.embed_tokens.weight.device
+        rows = _as_rows(input_ids, device)
+        label_rows = None if labels is None else _as_rows(labels, device)
         images = list(image_embeds)
         image_index = self.config.image_token_index
         n_placeholders = sum(int((r == image_index).sum()) for r in rows)
@@ -597,16 +598,30 @@ def set_trainable_parameters(model: nn.Module, patterns: Sequence[str] = TRAINAB
     return trainable
 
 
+def lora_target_names(model: nn.Module, target_modules: Sequence[str] = ("q_proj", "v_proj")) -> list[str]:
+    """Full names of the LLaMA decoder linears that get LoRA (as the released ``find_linear_layers``: never
+    SAM-2, CLIP, ``mm_projector`` or ``text_hidden_fcs``, although SAM-2 also has ``q_proj`` / ``v_proj``)."""
+    leaf = "|".join(re.escape(t) for t in target_modules)
+    pattern = re.compile(rf"(.*\.)?model\.layers\.\d+\.self_attn\.({leaf})")
+    excluded = ("visual_model", "vision_tower", "mm_projector", "text_hidden_fcs")
+    return sorted(
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and pattern.fullmatch(name) and not any(x in name for x in excluded)
+    )
+
+
 def apply_lora(
-    mllm: GlusMLLM,
+    mllm: nn.Module,
     r: int = 8,
     alpha: int = 16,
     dropout: float = 0.05,
     target_modules: Sequence[str] = ("q_proj", "v_proj"),
     trainable_patterns: Sequence[str] = TRAINABLE_PATTERNS,
 ) -> nn.Module:
-    """Wrap ``mllm`` with peft LoRA adapters on the LLaMA decoder's ``target_modules`` (GLUS: q_proj, v_proj;
-    never SAM-2, CLIP, mm_projector or text_hidden_fcs) and set the trainable parameters (spec section 5).
+    """Wrap ``mllm`` (a :class:`GlusMLLM` or a model holding one) with peft LoRA adapters on the LLaMA decoder's
+    ``target_modules`` (GLUS: q_proj, v_proj; see :func:`lora_target_names`) and set the trainable parameters
+    (spec section 5).
 
     Returns:
         The peft model; attribute access (``encode_frames_for_llm`` ...) reaches the wrapped :class:`GlusMLLM`.
@@ -614,26 +629,19 @@ def apply_lora(
     """
     from peft import LoraConfig, get_peft_model
 
-    names = "|".join(re.escape(t) for t in target_modules)
-    cfg = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        bias="none",
-        # Full-name regex: only the decoder layers of the LLM, whatever else is attached to the model.
-        target_modules=rf"model\.layers\.\d+\.self_attn\.({names})",
-    )
+    targets = lora_target_names(mllm, target_modules)
+    if not targets:
+        raise ValueError(f"no LLaMA decoder linear named {', '.join(target_modules)} in {type(mllm).__name__}")
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=targets)
     peft_model = get_peft_model(mllm, cfg)
     set_trainable_parameters(peft_model, trainable_patterns)
     return peft_model
 
 
-def merge_lora(model: nn.Module) -> GlusMLLM:
-    """Fold LoRA adapters into the base weights and return the unwrapped :class:`GlusMLLM` (released keys)."""
-    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    if not isinstance(merged, GlusMLLM):
-        raise TypeError(f"expected a GlusMLLM inside the peft model, got {type(merged).__name__}")
-    return merged
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold LoRA adapters into the base weights and return the unwrapped model (a :class:`GlusMLLM`, or whatever
+    :func:`apply_lora` wrapped), whose keys are again the released ones. A model without adapters is returned as is."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
 def quantize_llm(
