@@ -385,7 +385,7 @@ def test_refytvos_errors(tmp_path):
         ds.gt_mask("a1", "0", 2)
     _one_line_error(err, str(tmp_path / "train" / "Annotations" / "a1" / "00010.png"), "missing annotation",
                     "frame '00010'")
-    with pytest.raises(GlusError, match="no option"):
+    with pytest.raises(GlusError, match="does not take the option"):
         load_dataset("mevis", tmp_path, "train", keep_test_videos=True)
 
 
@@ -561,3 +561,15 @@ def test_iter_members_errors(tmp_path, text, needle):
     with pytest.raises(GlusError, match=needle) as err:
         list(iter_members(path, chunk=4))
     _one_line_error(err, str(path), "invalid JSON")
+
+
+def test_referformer_mask_source_can_be_forced(tmp_path):
+    truth = write_davis(tmp_path)
+    with pytest.raises(GlusError, match="mask file not found"):
+        load_dataset("davis17", tmp_path, "train", masks="pkl")
+    with pytest.raises(GlusError, match="annotation folder not found"):
+        load_dataset("davis17", tmp_path, "valid", masks="png")
+    with pytest.raises(GlusError, match="masks must be"):
+        load_dataset("davis17", tmp_path, "valid", masks="json")
+    ds = load_dataset("davis17", tmp_path, "train", masks="png")
+    np.testing.assert_array_equal(ds.gt_mask("bear", "0", 0), truth["labels"][0] == 1)

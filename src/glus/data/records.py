@@ -15,7 +15,6 @@ still pairs every mask with the right frame.
 
 from __future__ import annotations
 
-import logging
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -27,8 +26,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from glus.errors import GlusError
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["Expression", "Video", "Dataset", "MaskSource", "LRUCache"]
 

@@ -21,6 +21,7 @@ masks themselves are decoded only when asked for.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,8 +70,7 @@ def load_dataset(name: str, split_dir: str | Path, split: str | None = None, **o
     if not split_dir.is_dir():
         raise GlusError("dataset folder not found", split_dir)
     try:
-        return reader(split_dir, split, **options)
-    except TypeError as exc:
-        if options and "unexpected keyword" in str(exc):
-            raise GlusError(f"{name} takes no option {', '.join(map(repr, options))}") from None
-        raise
+        inspect.signature(reader).bind(split_dir, split, **options)
+    except TypeError:
+        raise GlusError(f"the {name} reader does not take the option(s) {', '.join(map(repr, options))}") from None
+    return reader(split_dir, split, **options)

@@ -130,6 +130,8 @@ def read_instances(path: Path, split: str, image_root: Path) -> LvvisDataset:
         exp_id = str(len(video.expressions))
         video.expressions[exp_id] = Expression(video.video_id, exp_id, categories[cid], tuple(aids),
                                                tuple(str(a) for a in aids))
+    logger.debug("%s: %d videos, %d instances grouped into %d category expressions", path, len(videos),
+                 len(anns), len(groups))
     return LvvisDataset(split, path.parent, videos, RleMasks(store, positions))
 
 

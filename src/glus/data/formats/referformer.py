@@ -134,6 +134,9 @@ def read_referformer(cls: type[Dataset], split_dir: Path, split: str | None = No
     if exclude:
         logger.info("%s: removed %d test videos listed in the %s meta; %d remain", meta_path,
                     len(set(raw) & exclude), split, len(videos))
+        if len(raw) == 507 and len(videos) != 202:  # the released valid meta: 202 valid + 305 test videos
+            logger.warning("%s: expected 202 validation videos after removing the test videos, got %d",
+                           meta_path, len(videos))
 
     source = None
     if use_pkl:
@@ -152,11 +155,13 @@ def read_referformer(cls: type[Dataset], split_dir: Path, split: str | None = No
     return cls(split, folder, videos, source)
 
 
-def read_refytvos(split_dir: Path, split: str | None = None, **options) -> RefYouTubeVOSDataset:
+def read_refytvos(split_dir: Path, split: str | None = None, *, masks: str = "auto",
+                  test_meta: Path | None = None, keep_test_videos: bool = False) -> RefYouTubeVOSDataset:
     """Read Ref-YouTube-VOS ``train`` or ``valid`` (test videos removed); see the module doc."""
-    return read_referformer(RefYouTubeVOSDataset, split_dir, split, **options)
+    return read_referformer(RefYouTubeVOSDataset, split_dir, split, masks=masks, test_meta=test_meta,
+                            keep_test_videos=keep_test_videos)
 
 
-def read_davis17(split_dir: Path, split: str | None = None, **options) -> RefDavis17Dataset:
+def read_davis17(split_dir: Path, split: str | None = None, *, masks: str = "auto") -> RefDavis17Dataset:
     """Read Ref-DAVIS17 ``train`` or ``valid``; see the module doc."""
-    return read_referformer(RefDavis17Dataset, split_dir, split, **options)
+    return read_referformer(RefDavis17Dataset, split_dir, split, masks=masks)

@@ -15,7 +15,6 @@ frame). The foreground masks (every annotated object of the video) feed the eval
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,6 @@ from glus.data.formats.mevis import attach_mask_dict, parse_mevis_meta
 from glus.data.masks import decode_rle
 from glus.data.records import Dataset, LRUCache, Video
 from glus.errors import GlusError
-
-logger = logging.getLogger(__name__)
 
 MASKS = "mask_dict.json"
 FOREGROUND = "mask_dict_foreground.json"
