@@ -405,6 +405,12 @@ def write_lvvis(folder: Path, seed: int = 4) -> dict:
     inst[8][0] = rng.random((H, W)) < 0.5  # at least one uncompressed RLE below
     seg = {a: [encode_rle(x) if x.any() else None for x in m] for a, m in inst.items()}
     seg[8][0] = _uncompressed(inst[8][0])
+    inst[9][1] = rng.random((H, W)) < 0.5  # stored in two parts: the frame's mask is their union
+    top = inst[9][1].copy()
+    top[H // 2:] = False
+    seg[9][1] = [encode_rle(top), encode_rle(inst[9][1] & ~top)]
+    inst[11][0] = False  # absent, stored as an empty list
+    seg[11][0] = []
     data = {
         "info": {"description": "LV-VIS fixture"},
         "videos": [{"id": 1, "width": W, "height": H, "length": 3,

@@ -50,9 +50,10 @@ def summarize_rle_list(value: Any, where: str) -> tuple[int, tuple[int, int] | N
     if not isinstance(value, list):
         raise GlusError(f"{where}: expected a list with one RLE (or null) per frame, got {type(value).__name__}")
     for t, item in enumerate(value):
-        if item is not None:
-            rle = item[0] if isinstance(item, list) and item else item
-            return len(value), rle_size(rle, f"{where}, frame {t}")
+        if item is None or item == []:  # absent on this frame
+            continue
+        rle = item[0] if isinstance(item, list) else item  # a list of RLE parts shares one size
+        return len(value), rle_size(rle, f"{where}, frame {t}")
     return len(value), None
 
 
