@@ -19,6 +19,7 @@ State-dict keys equal the released checkpoints': ``model.embed_tokens.*``, ``mod
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -664,27 +665,36 @@ def quantize_llm(
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise GlusError(f"{bits}-bit loading needs a CUDA GPU (bitsandbytes); device {device} cannot be used")
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        raise GlusError(f"{bits}-bit loading needs bitsandbytes: pip install 'glus[quant]'") from None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise GlusError(f"{bits}-bit loading needs bitsandbytes: pip install 'glus[quant]'")
 
     mllm.to(dtype=compute_dtype)
-    for layer in mllm.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
+    replace_decoder_linears_with_bnb(mllm, bits, compute_dtype)
+    # Moving bitsandbytes parameters to CUDA is what quantises them.
+    mllm.to(device)
+    logger.info("LLaMA decoder quantised to %d bits on %s", bits, device)
+    return mllm
+
+
+def replace_decoder_linears_with_bnb(mllm: GlusMLLM, bits: int, compute_dtype: torch.dtype) -> list[str]:
+    """Swap every ``nn.Linear`` of the LLaMA decoder layers for a bitsandbytes 4-bit (NF4, double quantisation)
+    or 8-bit (LLM.int8, threshold 6) layer holding the same weights, not yet quantised: moving the model to a
+    device afterwards quantises them (what :func:`quantize_llm` does). Returns the replaced names."""
+    import bitsandbytes as bnb
+
+    replaced = []
+    for i, layer in enumerate(mllm.model.layers):
+        for group_name, parent in (("self_attn", layer.self_attn), ("mlp", layer.mlp)):
             for name, child in list(parent.named_children()):
                 if not isinstance(child, nn.Linear):
                     continue
-                weight = child.weight.data
-                has_bias = child.bias is not None
+                weight, has_bias = child.weight.data, child.bias is not None
                 if bits == 4:
                     new = bnb.nn.Linear4bit(
                         child.in_features, child.out_features, bias=has_bias,
                         compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4",
                     )
-                    new.weight = bnb.nn.Params4bit(
-                        weight, requires_grad=False, compress_statistics=True, quant_type="nf4"
-                    )
+                    new.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=True, quant_type="nf4")
                 else:
                     new = bnb.nn.Linear8bitLt(
                         child.in_features, child.out_features, bias=has_bias, has_fp16_weights=False, threshold=6.0
@@ -693,7 +703,5 @@ def quantize_llm(
                 if has_bias:
                     new.bias = nn.Parameter(child.bias.data, requires_grad=False)
                 setattr(parent, name, new)
-    # Moving bitsandbytes parameters to CUDA is what quantises them.
-    mllm.to(device)
-    logger.info("LLaMA decoder quantised to %d bits on %s", bits, device)
-    return mllm
+                replaced.append(f"model.layers.{i}.{group_name}.{name}")
+    return replaced
