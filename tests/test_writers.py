@@ -49,7 +49,7 @@ def test_atomic_json_is_readable_by_others(tmp_path: Path) -> None:
     atomic_write_json(tmp_path / "x.json", {"a": 1})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
     mode = stat.S_IMODE((tmp_path / "x.json").stat().st_mode)
-    assert mode == 0o666 & ~writers._current_umask(), oct(mode)  # not mkstemp's private 0600
+    assert mode == writers.FILE_MODE and mode & 0o044, oct(mode)  # not mkstemp's private 0600
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,8 +15,7 @@ appear atomically: the image goes to a temporary file in the destination folder 
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as cocomask
 
 from glus.errors import GlusError
+from glus.fileio import atomic_write_bytes
 
 # pycocotools (<= 2.0.11) builds its output with numpy's pre-2.0 ``copy=False`` protocol and numpy 2 warns
 # on every decode; the result is correct, so that one message is silenced.
@@ -178,14 +178,6 @@ def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(np.where(mask != 0, 255, 0).astype(np.uint8), mode="L")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from glus.inference.writers import FILE_MODE, atomic_write_bytes
+from glus.fileio import FILE_MODE, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

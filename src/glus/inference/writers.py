@@ -31,41 +31,11 @@ import numpy as np
 
 from glus.data.masks import encode_rle, write_mask_png
 from glus.errors import GlusError
+from glus.fileio import FILE_MODE, atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 DONE_MARKER = ".done"
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates files with mode 0600; outputs get the usual 0666 & ~umask instead, like open() would give.
-FILE_MODE = 0o666 & ~_current_umask()
-
-
-# ---- atomic files ------------------------------------------------------------------------------------------
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = None) -> None:
-    """Serialise ``obj`` as UTF-8 JSON and write it atomically (non-ASCII text is kept readable)."""
-    text = json.dumps(obj, indent=indent, ensure_ascii=False)
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
 def ensure_writable_dir(path: str | Path) -> Path:

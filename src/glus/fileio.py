@@ -1,0 +1,55 @@
+"""Atomic file writes shared by every layer (masks, predictions, results, checkpoints).
+
+A file is written to a temporary file in the same folder and moved into place with ``os.replace``, so an
+interrupted run leaves either the old file or the complete new one, never a truncated file. Files are not
+fsync'ed: atomicity covers crashes of the process, not power loss, which keeps thousands of small writes cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files with mode 0600; outputs get the usual 0666 & ~umask instead, like open() would give.
+FILE_MODE = 0o666 & ~_current_umask()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on normal exit it replaces ``path``, on error it is removed.
+
+    For libraries that write to a path themselves (safetensors, PyAV, Pillow).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = None) -> None:
+    """Serialise ``obj`` as UTF-8 JSON and write it atomically (non-ASCII text is kept readable)."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
