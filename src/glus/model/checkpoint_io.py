@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
 
 from glus.errors import GlusError
+from glus.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -119,29 +119,9 @@ def describe_key_mismatch(missing: Iterable[str], unexpected: Iterable[str], whe
 
 def save_safetensors_atomic(state: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
                             ) -> None:
-    """Write a safetensors file through a temporary file in the same folder, so a crash leaves no half file."""
+    """Write a safetensors file atomically (a crash leaves no half-written weights)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         # safetensors refuses shared storage; contiguous copies keep tied/viewed tensors apart.
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json_atomic(data: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
