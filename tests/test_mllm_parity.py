@@ -1,4 +1,5 @@
-"""Parity of the multimodal LLM with the authors' code on the tiny reference checkpoint (../shared/reference/official_tiny).
+"""Parity of the multimodal LLM with the authors' code on the tiny reference checkpoint
+(../shared/reference/official_tiny).
 
 For every step of every recorded run the prompt ids and frames of the official inference go through our CLIP ->
 pool -> projector -> LLaMA -> text_hidden_fcs path; the generated token, the expanded length, the logits / hidden
@@ -33,7 +34,9 @@ def reference() -> dict:
 @pytest.fixture(scope="module")
 def llm_state_dict() -> dict[str, torch.Tensor]:
     full = torch.load(REF / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    return {k: v for k, v in full.items() if not k.startswith("model.visual_model.") and not is_non_weight_buffer_key(k)}
+    return {
+        k: v for k, v in full.items() if not k.startswith("model.visual_model.") and not is_non_weight_buffer_key(k)
+    }
 
 
 @pytest.fixture(scope="module")

@@ -434,9 +434,11 @@ class GlusMLLM(nn.Module):
         """
         if prefix.batch_size != 1 or bool((prefix.attention_mask == 0).any()):
             raise ValueError("a prefix must be a single unpadded row")
-        out = self.forward_llm(prefix.inputs_embeds, prefix.attention_mask, use_cache=True, compute_logits=False)
-        assert isinstance(out.past_key_values, DynamicCache)
-        return PrefixCache(cache=out.past_key_values, length=prefix.inputs_embeds.shape[1], hidden_states=out.hidden_states)
+        cache = DynamicCache()
+        out = self.forward_llm(
+            prefix.inputs_embeds, prefix.attention_mask, past_key_values=cache, use_cache=True, compute_logits=False
+        )
+        return PrefixCache(cache=cache, length=prefix.inputs_embeds.shape[1], hidden_states=out.hidden_states)
 
     def forward_continuation(
         self, prefix: PrefixCache, continuation: EmbeddedInputs, compute_logits: bool = True
@@ -694,7 +696,9 @@ def replace_decoder_linears_with_bnb(mllm: GlusMLLM, bits: int, compute_dtype: t
                         child.in_features, child.out_features, bias=has_bias,
                         compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4",
                     )
-                    new.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=True, quant_type="nf4")
+                    new.weight = bnb.nn.Params4bit(
+                        weight, requires_grad=False, compress_statistics=True, quant_type="nf4"
+                    )
                 else:
                     new = bnb.nn.Linear8bitLt(
                         child.in_features, child.out_features, bias=has_bias, has_fp16_weights=False, threshold=6.0
