@@ -38,6 +38,17 @@ class PredictionError(Exception):
         self.reason = reason
 
 
+def _row_prefix_sums(rows: np.ndarray) -> np.ndarray:
+    """Running sums (mod 256) along each row of a uint8 ``(h, w)`` array.
+
+    Accumulating along axis 0 of the transposed copy adds whole contiguous rows at a time, which numpy
+    vectorises; ``cumsum(axis=1)`` walks byte by byte and is twice as slow.
+    """
+    columns = np.ascontiguousarray(rows.T)
+    np.add.accumulate(columns, axis=0, out=columns)
+    return columns.T
+
+
 def _fast_gray8(data: bytes) -> BoxMask | None:
     """Decode an 8-bit grayscale None/Sub-filtered PNG; ``None`` when the file needs the general decoder."""
     if not data.startswith(_SIGNATURE) or len(data) < 33 or data[12:16] != b"IHDR":
@@ -86,7 +97,7 @@ def _fast_gray8(data: bytes) -> BoxMask | None:
     sub = filters[r0:r1] == 1
     if sub.any():
         # "Sub": each byte adds the decoded byte on its left (mod 256); bytes left of c0 are 0 in every row.
-        values[sub] = np.cumsum(values[sub], axis=1, dtype=np.uint8)
+        values[sub] = _row_prefix_sums(values[sub])
         carry = values[sub, -1]
         if c1 < width and carry.any():
             # Right of the last non-zero filtered byte a Sub row repeats its last value up to the border.
