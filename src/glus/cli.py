@@ -31,8 +31,14 @@ def _runner(target: str) -> Callable[[argparse.Namespace], int | None]:
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score predicted masks against a split (J, F, J&F)")
     p.add_argument("--dataset", choices=DATASETS, required=True)
-    p.add_argument("--split-dir", required=True, help="folder with the split's annotation files")
-    p.add_argument("--pred", required=True, help="folder holding <video>/<exp_id>/<frame>.png")
+    p.add_argument("--split-dir", required=True,
+                   help="folder with the split's annotation files ('example': the packaged example split)")
+    p.add_argument("--split", default=None, help="split name where the folder does not imply it")
+    p.add_argument("--pred", required=True,
+                   help="folder holding <video>/<exp_id>/<frame>.png ('example': the packaged example's)")
+    p.add_argument("--protocol", default="default", choices=("default", "mevis", "visa", "referformer", "revos"),
+                   help="davis17: 'visa' (GLUS / VISA, mask_dict.pkl; default) or 'referformer' (DAVIS "
+                        "unsupervised toolkit over the four annotator sets); others have one")
     p.add_argument("--output", required=True, help="RESULT.json to write (a per-expression CSV goes beside it)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--per-frame", action="store_true", help="also write per-frame J and F")

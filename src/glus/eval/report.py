@@ -1,0 +1,170 @@
+"""Evaluation outputs: the result JSON, per-expression and per-frame CSV tables, and the summary table.
+
+Every file is written atomically (a temporary file in the destination folder, then ``os.replace``), so an
+interrupted run never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from rich.table import Table
+
+from glus.eval.protocols import EvaluationResult
+from glus.eval.scoring import iter_frames
+
+__all__ = ["atomic_write_text", "write_json", "write_csv", "expression_rows", "frame_rows", "report_paths",
+           "write_reports", "summary_table"]
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / inf become null (strict JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Strict JSON (floats printed with full precision: ``repr`` round-trips), written atomically."""
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
+
+
+def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
+    """A CSV with a header row, written atomically; missing cells are empty."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def expression_rows(result: EvaluationResult) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per expression: ``expression, video, exp_id, [type_id,] J, F, J&F, [A, R,] missing``."""
+    summary = result.summary
+    per = summary.get("per_expression", {})
+    revos = summary.get("protocol") == "revos"
+    columns = ["expression", "video", "exp_id"] + (["type_id"] if revos else []) + ["J", "F", "J&F"]
+    columns += (["A", "R"] if revos else []) + ["missing"]
+    rows = []
+    if result.scores:
+        items = [(s.key, s.expression.video_id, s.expression.exp_id) for s in result.scores]
+    else:
+        items = [(k, v.get("video"), v.get("exp_id")) for k, v in per.items()]
+    for key, video, exp_id in items:
+        values = per.get(key, {})
+        j, f = values.get("J"), values.get("F")
+        row = {"expression": key, "video": video, "exp_id": exp_id, "J": j, "F": f,
+               "J&F": None if j is None or f is None else (j + f) / 2,
+               "missing": summary.get("missing", {}).get(key)}
+        if revos:
+            row.update(type_id=values.get("type_id"), A=values.get("A"), R=values.get("R"))
+        rows.append(row)
+    return rows, columns
+
+
+def frame_rows(result: EvaluationResult) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per scored frame: ``expression, frame_index, frame, J, F[, A, R]``."""
+    revos = result.summary.get("protocol") == "revos"
+    columns = ["expression", "frame_index", "frame", "J", "F"] + (["A", "R"] if revos else [])
+    rows = []
+    for s, t in iter_frames(result.scores):
+        row = {"expression": s.key, "frame_index": t, "frame": s.frames[t], "J": float(s.j[t]), "F": float(s.f[t])}
+        if revos:
+            row.update(A=float(s.a[t]), R=float(s.r[t]))
+        rows.append(row)
+    return rows, columns
+
+
+def report_paths(output: str | Path) -> dict[str, Path]:
+    """``RESULT.json`` -> its CSV companions: ``RESULT.csv`` (per expression), ``RESULT.frames.csv``."""
+    output = Path(output)
+    stem = output.with_suffix("") if output.suffix.lower() == ".json" else output
+    return {"json": output, "csv": stem.with_name(stem.name + ".csv"),
+            "frames": stem.with_name(stem.name + ".frames.csv")}
+
+
+def write_reports(result: EvaluationResult, output: str | Path, *, per_frame: bool = False) -> dict[str, Path]:
+    """Write the result JSON, the per-expression CSV and (``per_frame``) the per-frame CSV; return the paths."""
+    paths = report_paths(output)
+    written = {}
+    rows, columns = expression_rows(result)
+    write_csv(paths["csv"], rows, columns)
+    written["csv"] = paths["csv"]
+    if per_frame:
+        rows, columns = frame_rows(result)
+        write_csv(paths["frames"], rows, columns)
+        written["frames"] = paths["frames"]
+    for name, table in result.extra_tables.items():
+        if table:
+            extra = paths["json"].with_name(f"{paths['csv'].stem}.{name}.csv")
+            write_csv(extra, table, list(table[0]))
+            written[name] = extra
+    write_json(paths["json"], result.summary)  # last: its presence means the run completed
+    written["json"] = paths["json"]
+    return written
+
+
+def _pct(value: float | None, scale: float = 100.0) -> str:
+    return "-" if value is None else f"{value * scale:.2f}"
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """A rich table of the headline numbers (percent)."""
+    protocol = summary.get("protocol", "")
+    title = f"{summary.get('dataset', '')} {summary.get('split', '')}".strip()
+    official = summary.get("official", {})
+    if protocol == "revos":
+        table = Table(title=title)
+        table.add_column("group")
+        for m in ("J", "F", "J&F", "A", "R"):
+            table.add_column(m, justify="right")
+        for group in ("referring", "reason", "overall"):
+            g = official.get(group, {})
+            table.add_row(group, *(_pct(g.get(k), 1.0) for k in ("J", "F", "JF", "A", "R")))
+    elif protocol == "referformer":
+        table = Table(title=title)
+        table.add_column("annotator set")
+        for m in ("J&F", "J", "F"):
+            table.add_column(m, justify="right")
+        for name, g in official.get("annotators", {}).items():
+            table.add_row(name, *(_pct(g.get(k)) for k in ("J&F-Mean", "J-Mean", "F-Mean")))
+        table.add_row("mean", _pct(summary.get("J&F")), _pct(summary.get("J")), _pct(summary.get("F")))
+    else:
+        table = Table(title=title)
+        for m in ("J&F", "J", "F"):
+            table.add_column(m, justify="right")
+        table.add_row(_pct(summary.get("J&F")), _pct(summary.get("J")), _pct(summary.get("F")))
+    n, scored = summary.get("num_expressions", 0), summary.get("num_scored", 0)
+    caption = f"{protocol} protocol: {scored} of {n} expressions scored"
+    if summary.get("missing"):
+        caption += f", {len(summary['missing'])} without a usable prediction"
+        caption += " (left out, as the official script does)" if summary.get("dropped") else " (scored 0)"
+    table.caption = caption
+    return table
