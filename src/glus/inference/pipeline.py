@@ -1,0 +1,277 @@
+"""The fast path: the released protocol for all expressions of a video at once, with identical masks.
+
+What it shares, compared with :mod:`glus.inference.protocol` (which recomputes everything per expression and
+frame):
+
+* **Frame features once per video and sweep.** Expressions advance in lock-step over the frames of a *sweep*
+  (all forward passes together, then all backward passes); each frame's CLIP embedding and SAM-2 features are
+  computed once per sweep and shared by every expression that visits it.
+* **Prompt prefix through a KV cache.** Every prompt of a video starts with the same system text and context
+  frames; that prefix runs once per video. At each frame, the longest run of tokens and images that all active
+  prompts still share (the first window frame, the question up to the expression) extends it once more. Only
+  the rest runs per expression, batched.
+* **Streaming.** Frames are read on demand from a :class:`~glus.inference.frames.FrameStore`; only the
+  context frames and the last ``query_frames`` frames' embeddings are kept, and predictions go to a
+  :class:`~glus.inference.results.MaskSink` as they are made, so memory does not grow with the video's length.
+
+The key-frame protocol is the same as the reference path's: passes from :func:`plan_passes`, the backward pass
+owning frames ``<= k``, and ``key_frame="auto"`` running a first forward pass whose frame scores pick ``k``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from glus.data.masks import decode_rle, encode_rle
+from glus.data.sampling import inference_context_frames, query_window
+from glus.inference.frames import FrameStore
+from glus.inference.keyframes import Pass, plan_passes, select_key_frame
+from glus.inference.protocol import blank_prediction
+from glus.inference.results import CollectSink, ExpressionResult, FramePrediction, MaskSink
+from glus.model.memory_bank import MemoryBank
+from glus.model.mllm import PrefixCache
+from glus.prompts import InferenceConversation, PromptBuilder, tokenizer_image_token
+
+logger = logging.getLogger(__name__)
+
+KeyFrame = int | str | None  # None: one forward pass; int: that frame; "auto": the built-in selector
+
+# An item of a prompt signature: a token id, or ("img", frame index) for an <image> placeholder.
+_Item = int | tuple[str, int]
+
+
+@dataclass
+class _Track:
+    """One expression in one pass: its conversation and memory bank (state owned here, not by the model)."""
+
+    index: int
+    frames: tuple[int, ...]
+    conversation: InferenceConversation
+    emit: Callable[[int, FramePrediction], None]
+    bank: MemoryBank = field(default_factory=MemoryBank)
+
+    def __post_init__(self) -> None:
+        self.step_of = {frame: step for step, frame in enumerate(self.frames)}
+
+
+class FastSegmenter:
+    """Segments all expressions of one video (see the module docstring).
+
+    Args:
+        model: a :class:`glus.model.glus.GLUSModel` in eval mode.
+        tokenizer: its :class:`glus.tokenizer.GLUSTokenizer`.
+        max_batch: most prompts per LLM call.
+        progress: show a progress bar per sweep.
+    """
+
+    def __init__(self, model, tokenizer, max_batch: int = 16, progress: bool = False) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.builder = PromptBuilder.from_config(model.config)
+        self.max_batch = max_batch
+        self.progress = progress
+
+    # ------------------------------------------------------------------ public
+    @torch.inference_mode()
+    def segment(self, frames: FrameStore, expressions: Sequence[str], key_frames: Sequence[KeyFrame],
+                sink: MaskSink) -> list[tuple[int | None, np.ndarray | None]]:
+        """Predict every frame of every expression into ``sink``.
+
+        Returns:
+            per expression: the key frame used (``None`` for one forward pass) and, for ``"auto"``, the first
+            pass's frame scores ``[T]``.
+        """
+        num_frames = len(frames)
+        if len(key_frames) != len(expressions):
+            raise ValueError("one key-frame setting per expression")
+        self._frames = frames
+        self._context = inference_context_frames(num_frames, self.config.context_frames)
+        self._context_embeds = self.model.clip_embed_frames([frames[i] for i in self._context])
+        self._video_prefix: tuple[tuple[_Item, ...], PrefixCache] | None = None
+
+        keys: list[int | None] = [None if k in (None, "auto") else int(k) for k in key_frames]
+        first_scores: list[np.ndarray | None] = [None] * len(expressions)
+        auto = [i for i, k in enumerate(key_frames) if k == "auto"]
+        pending = [i for i in range(len(expressions)) if i not in auto]
+        if auto:
+            stored: dict[int, list] = {i: [None] * num_frames for i in auto}
+
+            def keep(i: int) -> Callable[[int, FramePrediction], None]:
+                def put(frame: int, pred: FramePrediction) -> None:
+                    # RLE keeps the first pass small; it is final only if the selector picks frame 0.
+                    stored[i][frame] = (encode_rle(pred.mask), pred.seg_generated, pred.iou, pred.object_score)
+                return put
+
+            first = plan_passes(num_frames, None)[0]
+            self._sweep([self._track(i, expressions[i], first, keep(i)) for i in auto], "first pass")
+            for i in auto:
+                first_scores[i] = np.array([FramePrediction(np.zeros((1, 1), bool), s, iou, obj).score
+                                            for _, s, iou, obj in stored[i]])
+                keys[i] = select_key_frame(first_scores[i])
+                if keys[i] == 0:  # the first pass is already the answer
+                    for frame, (rle, s, iou, obj) in enumerate(stored[i]):
+                        sink.put(i, frame, FramePrediction(decode_rle(rle), s, iou, obj))
+                else:
+                    pending.append(i)
+                del stored[i]
+
+        forward, backward = [], []
+        for i in sorted(pending):
+            passes = plan_passes(num_frames, keys[i])
+            owner = {}
+            for p_idx, q in enumerate(passes):
+                for frame in q.frames:
+                    owner[frame] = p_idx
+            for p_idx, q in enumerate(passes):
+                track = self._track(i, expressions[i], q, self._emitter(sink, i, owner, p_idx))
+                (forward if q.direction == "forward" else backward).append(track)
+        self._sweep(forward, "forward")
+        self._sweep(backward, "backward")
+        return [(keys[i] or None, first_scores[i]) for i in range(len(expressions))]
+
+    # ------------------------------------------------------------------ passes
+    def _track(self, index: int, expression: str, p: Pass, emit: Callable[[int, FramePrediction], None]) -> _Track:
+        return _Track(index, p.frames, InferenceConversation(self.builder, expression), emit)
+
+    @staticmethod
+    def _emitter(sink: MaskSink, index: int, owner: dict[int, int], p_idx: int) -> Callable[[int, FramePrediction], None]:
+        def emit(frame: int, pred: FramePrediction) -> None:
+            if owner[frame] == p_idx:  # the key frame's mask comes from the backward pass, as released
+                sink.put(index, frame, pred)
+        return emit
+
+    def _sweep(self, tracks: list[_Track], name: str) -> None:
+        """Advance ``tracks`` frame by frame over the union of their passes (contiguous, one direction)."""
+        if not tracks:
+            return
+        seen: set[int] = set()
+        for t in tracks:
+            seen.update(t.frames)
+        backward = tracks[0].frames[0] > tracks[0].frames[-1]
+        frames_in_order = sorted(seen, reverse=backward)
+        window_embeds: deque[tuple[int, torch.Tensor]] = deque(maxlen=self.config.query_frames)
+        bar = tqdm(frames_in_order, desc=name, unit="frame", disable=not self.progress, leave=False)
+        for frame in bar:
+            window_embeds.append((frame, self.model.clip_embed_frames([self._frames[frame]])[0]))
+            active = [t for t in tracks if frame in t.step_of]
+            if active:
+                self._advance(frame, active, dict(window_embeds))
+        bar.close()
+
+    def _advance(self, frame: int, tracks: list[_Track], embeds: dict[int, torch.Tensor]) -> None:
+        """One query frame for every active track: one token each, then the masks of those that said [SEG]."""
+        q = self.config.query_frames
+        rows: list[tuple[list[int], list[int]]] = []
+        steps = []
+        for t in tracks:
+            step = t.step_of[frame]
+            window = [t.frames[s] for s in query_window(step, q)]
+            ids = tokenizer_image_token(t.conversation.prompt(), self.tokenizer, self.builder.image_token,
+                                        self.builder.image_token_index)
+            rows.append((ids, [*range(-len(self._context), 0), *window]))  # negative = context slot
+            steps.append(step)
+        token_ids, seg_embeddings = self._generate(rows, embeds)
+        seg_id = self.tokenizer.seg_token_id
+        said_seg = [i for i, tok in enumerate(token_ids) if tok == seg_id]
+        predictions: dict[int, FramePrediction] = {}
+        if said_seg:
+            sam_frame = self.model.sam_encode_frame(self._frames[frame])
+            preds = self.model.sam_decode(sam_frame, seg_embeddings[said_seg], [tracks[i].bank for i in said_seg],
+                                          [steps[i] for i in said_seg], self.config.mem_stride_infer)
+            predictions = {i: FramePrediction(p.mask, True, p.iou, p.object_score) for i, p in zip(said_seg, preds)}
+        for i, t in enumerate(tracks):
+            pred = predictions.get(i) or blank_prediction(self._frames.size)
+            t.conversation.record(i in predictions)
+            t.emit(frame, pred)
+
+    # ------------------------------------------------------------------ LLM with shared prefixes
+    def _signature(self, ids: list[int], images: list[int]) -> tuple[_Item, ...]:
+        marker = self.builder.image_token_index
+        it = iter(images)
+        return tuple(("img", next(it)) if tok == marker else tok for tok in ids)
+
+    def _embed(self, rows: Sequence[Sequence[_Item]], embeds: dict[int, torch.Tensor]):
+        """Embed prompt rows given as signatures (images from the context or the window embeddings)."""
+        marker = self.builder.image_token_index
+        ids_rows, images = [], []
+        for row in rows:
+            ids = []
+            for item in row:
+                if isinstance(item, tuple):
+                    ids.append(marker)
+                    slot = item[1]
+                    images.append(self._context_embeds[len(self._context) + slot] if slot < 0 else embeds[slot])
+                else:
+                    ids.append(item)
+            ids_rows.append(ids)
+        return self.model.build_inputs_embeds(ids_rows, images)
+
+    def _prefix(self, signatures: list[tuple[_Item, ...]], embeds: dict[int, torch.Tensor]) -> tuple[int, PrefixCache]:
+        """The cached prefix for these prompts: the video prefix, extended by what they all share now."""
+        if self._video_prefix is None:
+            # Everything before the first query image is the same for every prompt of the video.
+            first = signatures[0]
+            images_seen, cut = 0, len(first)
+            for pos, item in enumerate(first):
+                if isinstance(item, tuple):
+                    images_seen += 1
+                    if images_seen == len(self._context) + 1:
+                        cut = pos
+                        break
+            video_items = first[:cut]
+            self._video_prefix = (video_items, self.model.prefill(self._embed([video_items], embeds)))
+        video_items, video_cache = self._video_prefix
+        n = len(video_items)
+        if any(sig[:n] != video_items for sig in signatures):
+            raise RuntimeError("a prompt does not start with the video's shared prefix")
+        # Longest common run after the video prefix; every row keeps at least one item of its own.
+        limit = min(len(sig) for sig in signatures) - 1
+        shared = n
+        while shared < limit and all(sig[shared] == signatures[0][shared] for sig in signatures):
+            shared += 1
+        if shared == n:
+            return n, video_cache
+        ext = self._embed([signatures[0][n:shared]], embeds)
+        out = self.model.forward_continuation(video_cache, ext, compute_logits=False)
+        return shared, PrefixCache(cache=out.past_key_values, length=video_cache.length + int(ext.lengths[0]),
+                                   hidden_states=out.hidden_states)
+
+    def _generate(self, rows: list[tuple[list[int], list[int]]], embeds: dict[int, torch.Tensor]
+                  ) -> tuple[list[int], torch.Tensor]:
+        """Greedy next token and ``[SEG]`` embedding of every prompt (``[N]`` ids, ``[N, prompt_dim]``)."""
+        signatures = [self._signature(ids, images) for ids, images in rows]
+        token_ids: list[int] = []
+        seg_embeddings = []
+        for start in range(0, len(signatures), self.max_batch):
+            chunk = signatures[start:start + self.max_batch]
+            shared, prefix = self._prefix(chunk, embeds)
+            inputs = self._embed([sig[shared:] for sig in chunk], embeds)
+            nxt = self.model.generate_one_token(inputs, prefix=prefix)
+            token_ids.extend(nxt.token_ids.tolist())  # the one host sync per frame: [SEG] or not decides the branch
+            seg_embeddings.append(nxt.seg_embedding)
+        return token_ids, torch.cat(seg_embeddings)
+
+
+def segment_video(model, tokenizer, frames: FrameStore, expressions: Sequence[str],
+                  key_frames: KeyFrame | Sequence[KeyFrame] = None, *, sink: MaskSink | None = None,
+                  max_batch: int = 16, progress: bool = False) -> list[ExpressionResult] | None:
+    """Fast-path segmentation of ``expressions`` on one video.
+
+    With ``sink=None`` the masks are collected and returned as :class:`ExpressionResult` objects; with a sink
+    (e.g. a PNG writer) nothing is kept in memory and ``None`` is returned.
+    """
+    keys = list(key_frames) if isinstance(key_frames, (list, tuple)) else [key_frames] * len(expressions)
+    collect = CollectSink(len(frames), len(expressions)) if sink is None else None
+    info = FastSegmenter(model, tokenizer, max_batch=max_batch, progress=progress).segment(
+        frames, expressions, keys, sink if sink is not None else collect)
+    if collect is None:
+        return None
+    return [collect.result(i, text, key, scores) for i, (text, (key, scores)) in enumerate(zip(expressions, info))]

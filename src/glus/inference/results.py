@@ -1,0 +1,88 @@
+"""What inference produces: per-frame predictions, where they go (sinks), and per-expression results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from glus.inference.keyframes import frame_quality
+
+
+@dataclass(frozen=True)
+class FramePrediction:
+    """The prediction of one expression on one frame.
+
+    Attributes:
+        mask: ``(H, W)`` bool, at the frame's original size (logits > 0).
+        seg_generated: whether the model emitted ``[SEG]`` for the frame (else the mask is blank).
+        iou: SAM-2's predicted IoU of the chosen mask (0 when no ``[SEG]``).
+        object_score: SAM-2's object-score logit (``-inf`` when no ``[SEG]``).
+    """
+
+    mask: np.ndarray
+    seg_generated: bool
+    iou: float = 0.0
+    object_score: float = float("-inf")
+
+    @property
+    def score(self) -> float:
+        """Frame quality used by the built-in key-frame selector (:func:`glus.inference.keyframes.frame_quality`)."""
+        return frame_quality(self.iou, self.object_score, self.seg_generated)
+
+
+class MaskSink(Protocol):
+    """Receives final predictions as they are produced (frames may arrive out of order with key frames)."""
+
+    def put(self, expression_index: int, frame_index: int, prediction: FramePrediction) -> None: ...
+
+
+@dataclass
+class ExpressionResult:
+    """All frames of one expression.
+
+    Attributes:
+        expression: the text as given.
+        masks: ``[T, H, W]`` bool.
+        seg_generated: ``[T]`` bool.
+        scores: ``[T]`` float, the frame quality of the pass that produced each frame's mask.
+        key_frame: the key frame used (``None``: one forward pass from frame 0).
+        first_pass_scores: ``[T]`` scores of the selector's first pass (only with ``key_frame="auto"``).
+    """
+
+    expression: str
+    masks: np.ndarray
+    seg_generated: np.ndarray
+    scores: np.ndarray
+    key_frame: int | None = None
+    first_pass_scores: np.ndarray | None = None
+
+
+@dataclass
+class CollectSink:
+    """Keeps every prediction in memory (for the Python API and tests; the CLI writes PNGs instead)."""
+
+    num_frames: int
+    num_expressions: int
+    predictions: dict[tuple[int, int], FramePrediction] = field(default_factory=dict)
+
+    def put(self, expression_index: int, frame_index: int, prediction: FramePrediction) -> None:
+        self.predictions[(expression_index, frame_index)] = prediction
+
+    def result(self, expression_index: int, expression: str, key_frame: int | None,
+               first_pass_scores: np.ndarray | None = None) -> ExpressionResult:
+        preds = []
+        for t in range(self.num_frames):
+            try:
+                preds.append(self.predictions[(expression_index, t)])
+            except KeyError:
+                raise RuntimeError(f"no prediction for expression {expression_index}, frame {t}") from None
+        return ExpressionResult(
+            expression=expression,
+            masks=np.stack([p.mask for p in preds]),
+            seg_generated=np.array([p.seg_generated for p in preds]),
+            scores=np.array([p.score for p in preds], dtype=np.float64),
+            key_frame=key_frame,
+            first_pass_scores=first_pass_scores,
+        )

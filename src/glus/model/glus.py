@@ -1,0 +1,216 @@
+"""The GLUS model: the multimodal LLM with SAM-2 attached as ``model.visual_model``.
+
+:class:`GLUSModel` adds to :class:`~glus.model.mllm.GlusMLLM` the SAM-2 head (:class:`~glus.model.sam2_head.Sam2Head`)
+and the building blocks inference composes (each usable on its own, so features can be cached per frame):
+
+* :meth:`GLUSModel.clip_embed_frames`: RGB frames -> LLM image embeddings ``[N, 64, H]``;
+* :meth:`GLUSModel.sam_encode_frame`: one RGB frame -> SAM-2 features (shared by every expression);
+* the LLM calls of the parent class (``build_inputs_embeds``, ``prefill``, ``generate_one_token`` ...);
+* :meth:`GLUSModel.sam_decode`: ``[SEG]`` embeddings + memory banks -> masks, writing the new memories.
+
+Training: :meth:`GLUSModel.forward_train` computes the named loss terms of spec section 5 for a batch of
+:class:`TrainingSample` (CE on the LLM outputs, BCE + Dice on the query-frame masks decoded through the memory
+bank with stride 1, and the object contrastive loss).
+
+The state dict is exactly the released checkpoints' layout (``model.*``, ``lm_head.*``,
+``model.visual_model.*`` with Meta's SAM-2 names); the CLIP tower is held outside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from glus.config import GLUSConfig
+from glus.model.losses import (GLUSLossWeights, ObjectContrastiveLoss, SegEntryMeta, combine_losses, mask_losses,
+                               object_set_key)
+from glus.model.memory_bank import MemoryBank
+from glus.model.mllm import IGNORE_INDEX, GlusMLLM, positions_predicting
+from glus.model.sam2_head import Sam2DecodeOutput, Sam2Head, Sam2ImageFeatures
+from glus.model.vision_tower import ClipVisionTower, clip_image_processor, clip_pixel_values
+
+
+@dataclass
+class SamFrame:
+    """SAM-2 features of one frame and the frame's original size ``(H, W)`` (where masks are resized to)."""
+
+    features: Sam2ImageFeatures
+    size: tuple[int, int]
+
+
+@dataclass
+class MaskPrediction:
+    """One expression's mask on one frame, on the host.
+
+    Attributes:
+        mask: ``(H, W)`` bool numpy array (logits > 0 at the original size).
+        iou: predicted IoU of the chosen mask token.
+        object_score: object-presence logit.
+    """
+
+    mask: np.ndarray
+    iou: float
+    object_score: float
+
+
+@dataclass
+class TrainingSample:
+    """One training sample: one video clip and E expressions, each its own conversation.
+
+    Attributes:
+        clip_pixels: ``[K + Q, 3, 224, 224]`` context frames, then query frames (the prompt's image order).
+        sam_pixels: ``[Q, 3, S, S]`` the query frames for SAM-2.
+        input_ids: E tensors ``[L_e]`` with ``image_token_index`` placeholders (K + Q each).
+        labels: E tensors ``[L_e]``, -100 outside the assistant answers.
+        masks: ``[E, Q, H, W]`` ground-truth masks (0/1) at the frames' original size.
+        video: video id; ``expressions``: E expression keys; ``objects``: E object-id lists;
+        frames: Q frame names (for the contrastive loss's "same frame" rule); ``dataset``: dataset name.
+    """
+
+    clip_pixels: torch.Tensor
+    sam_pixels: torch.Tensor
+    input_ids: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    masks: torch.Tensor
+    video: str = ""
+    expressions: list[str] = field(default_factory=list)
+    objects: list[Sequence[int | str]] = field(default_factory=list)
+    frames: list[str] = field(default_factory=list)
+    dataset: str = "mevis"
+
+
+class GLUSModel(GlusMLLM):
+    """CLIP + pooling + projector + LLaMA + seg head + SAM-2 (see the module docstring).
+
+    Args:
+        config: the whole model's sizes (:class:`GLUSConfig`).
+        vision_tower: the frozen CLIP tower (may be attached later with ``set_vision_tower``).
+        clip_processor_path: folder or id of a ``preprocessor_config.json`` for CLIP pre-processing
+            (default: OpenAI CLIP's settings, which every released GLUS model uses).
+    """
+
+    def __init__(self, config: GLUSConfig, vision_tower: ClipVisionTower | None = None,
+                 attn_implementation: str = "sdpa", clip_processor_path: str | None = None) -> None:
+        super().__init__(config, vision_tower=vision_tower, attn_implementation=attn_implementation)
+        self.attach_visual_model(Sam2Head(config.sam2))
+        self.clip_processor = clip_image_processor(clip_processor_path)
+        # The tokenizer's [SEG] id (set by the loader); training needs it to find the [SEG] positions.
+        self.seg_token_id: int | None = None
+
+    @property
+    def sam2(self) -> Sam2Head:
+        return self.model.visual_model
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    # ------------------------------------------------------------------ inference building blocks
+    def clip_embed_frames(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        """``N`` RGB uint8 frames ``(H, W, 3)`` -> LLM image embeddings ``[N, tokens_per_frame, H]``."""
+        pixels = clip_pixel_values(list(frames), self.clip_processor).to(self.device, self.dtype)
+        return self.encode_frames_for_llm(pixels)
+
+    def sam_encode_frame(self, frame: np.ndarray) -> SamFrame:
+        """SAM-2 features of one RGB uint8 frame ``(H, W, 3)``, computed once and shared by all expressions."""
+        sam = self.sam2
+        pixels = sam.preprocess(frame).unsqueeze(0).to(self.device, sam.no_mem_embed.dtype)
+        return SamFrame(sam.encode_image(pixels), (int(frame.shape[0]), int(frame.shape[1])))
+
+    def sam_decode(self, frame: SamFrame, seg_embeddings: torch.Tensor, banks: Sequence[MemoryBank],
+                   steps: Sequence[int], stride: int) -> list[MaskPrediction]:
+        """Masks of B ``[SEG]`` embeddings ``[B, prompt_dim]`` on one frame, each with its own bank and step.
+
+        Entries at the same step run together (and those selecting the same memories share one memory-attention
+        call inside :meth:`Sam2Head.decode`). New memories are written into the banks under each entry's step.
+        """
+        out: list[MaskPrediction | None] = [None] * len(banks)
+        for step in sorted(set(steps)):
+            idx = [i for i, s in enumerate(steps) if s == step]
+            res: Sam2DecodeOutput = self.sam2.decode(
+                frame.features, seg_embeddings[idx].unsqueeze(1), [banks[i] for i in idx], step, stride, frame.size)
+            masks = (res.logits[:, 0] > 0).cpu().numpy()
+            ious, scores = res.iou.float().cpu().tolist(), res.object_score.float().cpu().tolist()
+            for j, i in enumerate(idx):
+                out[i] = MaskPrediction(masks[j], ious[j], scores[j])
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ training
+    def forward_train(self, samples: Sequence[TrainingSample], contrastive: ObjectContrastiveLoss | None = None,
+                      weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
+                      memory_grad: bool = False) -> dict[str, torch.Tensor]:
+        """Named loss terms of one batch (spec section 5).
+
+        Args:
+            contrastive: the trainer's contrastive loss (with its FIFO bank); ``None`` turns the term off.
+            ce_on: ``"seg"`` (released code: cross-entropy only where the target token is ``[SEG]``) or
+                ``"assistant"`` (every assistant token, as the paper describes).
+            memory_grad: let gradients flow through the memory attention (released: no).
+
+        Returns:
+            ``{"ce", "bce", "dice", "contrastive", "total"}`` (weighted, as :func:`combine_losses`).
+        """
+        if ce_on not in ("seg", "assistant"):
+            raise ValueError(f"ce_on must be 'seg' or 'assistant', got {ce_on!r}")
+        if self.seg_token_id is None:
+            raise ValueError("set model.seg_token_id (the tokenizer's [SEG] id) before training")
+        seg_id = int(self.seg_token_id)
+        rows, labels, images = [], [], []
+        for sample in samples:
+            embeds = self.encode_frames_for_llm(sample.clip_pixels.to(self.device, self.dtype))
+            for ids, lab in zip(sample.input_ids, sample.labels):
+                rows.append(ids)
+                labels.append(lab)
+                images.extend(embeds)
+        inputs = self.build_inputs_embeds(rows, images, labels=labels)
+        out = self.forward_llm(inputs.inputs_embeds, inputs.attention_mask)
+        ce = self._ce_loss(out.logits, inputs.labels, seg_id if ce_on == "seg" else None)
+
+        seg_positions = positions_predicting(rows, inputs, seg_id)
+        seg_embeddings = [self.seg_embedding(out.hidden_states[r, pos]) for r, pos in enumerate(seg_positions)]
+        preds, gts, anchors, metas = [], [], [], []
+        row = 0
+        for sample in samples:
+            num_expr, num_query = sample.masks.shape[:2]
+            sample_seg = torch.stack([seg_embeddings[row + e][-num_query:] for e in range(num_expr)])  # [E, Q, D]
+            row += num_expr
+            size = tuple(sample.masks.shape[-2:])
+            features = self.sam2.encode_image(sample.sam_pixels.to(self.device, self.sam2.no_mem_embed.dtype))
+            banks = [MemoryBank() for _ in range(num_expr)]
+            for j in range(num_query):
+                res = self.sam2.decode(features.frame(j), sample_seg[:, j:j + 1], banks, j,
+                                       self.config.mem_stride_train, size, memory_grad=memory_grad)
+                preds.append(res.logits[:, 0])
+                gts.append(sample.masks[:, j].to(res.logits.device, res.logits.dtype))
+            for e in range(num_expr):
+                for j in range(num_query):
+                    anchors.append(sample_seg[e, j])
+                    metas.append(SegEntryMeta(sample.video, sample.expressions[e] if sample.expressions else str(e),
+                                              object_set_key(sample.objects[e]) if sample.objects else str(e),
+                                              sample.frames[j] if sample.frames else str(j), sample.dataset))
+        bce, dice = mask_losses(preds, gts)
+        con = None
+        if contrastive is not None and anchors:
+            result = contrastive(torch.stack(anchors), metas)
+            con = None if result.skipped else result.loss
+        return combine_losses(ce, bce, dice, con, weights)
+
+    @staticmethod
+    def _ce_loss(logits: torch.Tensor, labels: torch.Tensor, only_token: int | None) -> torch.Tensor:
+        """Next-token cross-entropy; with ``only_token``, only where the target is that token (released code)."""
+        shift_logits = logits[:, :-1].float()
+        shift_labels = labels[:, 1:]
+        keep = shift_labels != IGNORE_INDEX
+        if only_token is not None:
+            keep &= shift_labels == only_token
+        if not bool(keep.any()):
+            raise ValueError("no target token to train the language model on")
+        return F.cross_entropy(shift_logits[keep], shift_labels[keep])
