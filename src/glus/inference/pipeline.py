@@ -275,3 +275,97 @@ def segment_video(model, tokenizer, frames: FrameStore, expressions: Sequence[st
     if collect is None:
         return None
     return [collect.result(i, text, key, scores) for i, (text, (key, scores)) in enumerate(zip(expressions, info))]
+
+
+class GLUSPipeline:
+    """Referring video object segmentation with a GLUS model: a video and expressions in, masks out.
+
+    Example::
+
+        pipe = GLUSPipeline.from_pretrained("Swindl/GLUS-A", device="cuda", dtype="bf16")
+        results = pipe("video.mp4", ["the dog running left", "the person on the right"], key_frame="auto")
+        results[0].masks  # [T, H, W] bool
+
+    Args:
+        model: a :class:`~glus.model.glus.GLUSModel`; tokenizer: its :class:`~glus.tokenizer.GLUSTokenizer`.
+        max_batch: most prompts per LLM call on the fast path.
+        progress: show progress bars.
+    """
+
+    def __init__(self, model, tokenizer, *, max_batch: int = 16, progress: bool = True) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.progress = progress
+
+    @classmethod
+    def from_pretrained(cls, path_or_id, *, vision_tower=None, sam2_config=None, compat=None,
+                        device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
+                        **kwargs) -> "GLUSPipeline":
+        """Load model and tokenizer (:func:`glus.model.checkpoint.from_pretrained`)."""
+        from glus.model.checkpoint import from_pretrained
+        from glus.model.checkpoint_io import resolve_checkpoint
+        from glus.tokenizer import GLUSTokenizer
+
+        model = from_pretrained(path_or_id, vision_tower=vision_tower, sam2_config=sam2_config, compat=compat,
+                                device=device, dtype=dtype)
+        tokenizer = GLUSTokenizer.from_pretrained(resolve_checkpoint(path_or_id))
+        return cls(model, tokenizer, **kwargs)
+
+    def __call__(self, video, expressions: str | Sequence[str], key_frame: KeyFrame | Sequence[KeyFrame] = None,
+                 *, mode: str = "fast", sink: MaskSink | None = None) -> list[ExpressionResult] | None:
+        """Segment ``expressions`` on ``video``.
+
+        Args:
+            video: a video file / frame folder / image list path, a :class:`~glus.data.video.VideoSource`, a
+                :class:`FrameStore` or a list of ``(H, W, 3)`` uint8 RGB arrays.
+            expressions: one text or several.
+            key_frame: ``None`` / ``"none"`` (one forward pass), ``"auto"`` (built-in selector), a frame index, or
+                one such value per expression.
+            mode: ``"fast"`` (default) or ``"reference"`` (the released per-frame protocol; identical masks).
+            sink: stream predictions there instead of returning them.
+        """
+        from glus.errors import GlusError
+        from glus.inference.protocol import segment_reference
+
+        texts = [expressions] if isinstance(expressions, str) else list(expressions)
+        if not texts:
+            raise GlusError("no expression given")
+        for text in texts:
+            if not text.strip():
+                raise GlusError("empty expression")
+        keys = list(key_frame) if isinstance(key_frame, (list, tuple)) else [key_frame] * len(texts)
+        keys = [None if k in (None, "none") else k for k in keys]
+        frames, owned = _as_frame_store(video)
+        try:
+            for k in keys:
+                if isinstance(k, int) and not 0 <= k < len(frames):
+                    raise GlusError(f"key frame {k} outside the video's frames 0..{len(frames) - 1}")
+                if not (k is None or k == "auto" or isinstance(k, int)):
+                    raise GlusError(f"key frame must be 'none', 'auto' or a frame index, got {k!r}")
+            if mode == "fast":
+                return segment_video(self.model, self.tokenizer, frames, texts, keys, sink=sink,
+                                     max_batch=self.max_batch, progress=self.progress)
+            if mode != "reference":
+                raise GlusError(f"unknown mode {mode!r}; choose fast or reference")
+            results = [segment_reference(self.model, self.tokenizer, frames, text, k, sink=sink, expression_index=i)
+                       for i, (text, k) in enumerate(zip(texts, keys))]
+            return None if sink is not None else results
+        finally:
+            if owned:
+                frames.close()
+
+
+def _as_frame_store(video) -> tuple[FrameStore, bool]:
+    """A :class:`FrameStore` for any accepted video input, and whether this call owns (must close) it."""
+    from pathlib import Path
+
+    from glus.data.video import VideoSource, open_video
+
+    if isinstance(video, FrameStore):
+        return video, False
+    if isinstance(video, (str, Path)):
+        return FrameStore(open_video(video)), True
+    if isinstance(video, VideoSource):
+        return FrameStore(video), True
+    return FrameStore(list(video)), True

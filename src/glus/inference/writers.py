@@ -25,7 +25,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -122,6 +122,42 @@ def write_expression_masks(exp_dir: str | Path, frame_names: Sequence[str], mask
     return count
 
 
+class PngMaskSink:
+    """A :class:`~glus.inference.results.MaskSink` writing each prediction as a PNG the moment it arrives.
+
+    Frames may arrive in any order (key-frame passes run backwards); an expression's ``.done`` marker is
+    written once all its frames are on disk, so an interrupted run leaves it "not done" and a rerun redoes it.
+
+    Args:
+        exp_dirs: the folder of each expression (index = expression index).
+        frame_names: the video's frame names (PNG names), one per frame index.
+        on_done: optional callback ``(expression_index)`` after an expression's marker is written.
+    """
+
+    def __init__(self, exp_dirs: Sequence[str | Path], frame_names: Sequence[str],
+                 on_done: Callable[[int], None] | None = None) -> None:
+        self.exp_dirs = [Path(d) for d in exp_dirs]
+        self.frame_names = list(frame_names)
+        self.on_done = on_done
+        self._written: list[set[int]] = [set() for _ in self.exp_dirs]
+        for d in self.exp_dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            (d / DONE_MARKER).unlink(missing_ok=True)
+
+    def put(self, expression_index: int, frame_index: int, prediction: Any) -> None:
+        exp_dir = self.exp_dirs[expression_index]
+        write_mask_png(exp_dir / f"{self.frame_names[frame_index]}.png", prediction.mask)
+        written = self._written[expression_index]
+        written.add(frame_index)
+        if len(written) == len(self.frame_names):
+            atomic_write_json(exp_dir / DONE_MARKER, {"frames": self.frame_names})
+            if self.on_done is not None:
+                self.on_done(expression_index)
+
+    def done(self, expression_index: int) -> bool:
+        return len(self._written[expression_index]) == len(self.frame_names)
+
+
 # ---- COCO RLE (encoded by glus.data.masks.encode_rle) ------------------------------------------------------
 def _is_rle(value: Any) -> bool:
     return isinstance(value, Mapping) and "counts" in value and "size" in value
@@ -158,6 +194,6 @@ def write_expressions_json(path: str | Path, expressions: Sequence[str] | Mappin
 
 
 __all__ = [
-    "DONE_MARKER", "FILE_MODE", "atomic_write_bytes", "atomic_write_json", "ensure_writable_dir", "expression_dir",
+    "DONE_MARKER", "FILE_MODE", "PngMaskSink", "atomic_write_bytes", "atomic_write_json", "ensure_writable_dir", "expression_dir",
     "is_expression_done", "segment_dir", "write_expression_masks", "write_expressions_json", "write_rle_json",
 ]
