@@ -97,7 +97,7 @@ _RULES: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
 
 
 _COMPILED = [(re.compile(pattern), repl) for pattern, repl in _RULES]
-# the downsampler's final conv follows its last (conv, norm, act) triple; set per module by Sam2KeyMap
+# the downsampler's final conv follows its last (conv, norm, act) triple: its index depends on the layer count
 _FINAL_CONV = re.compile(r"^memory_encoder\.mask_downsampler\.final_conv\.(weight|bias)$")
 
 
@@ -134,9 +134,6 @@ class Sam2KeyMap:
             self.hf_to_meta[key] = meta
             self.meta_to_hf[meta] = key
         self.point_embed_meta = [f"sam_prompt_encoder.point_embeddings.{i}.weight" for i in range(num_point_embeddings)]
-
-    def meta_keys(self) -> list[str]:
-        return sorted([*self.meta_to_hf, *self.point_embed_meta])
 
     # ---- state_dict (transformers -> Meta) -------------------------------------------------------------------
     def to_meta(self, state_dict: MutableMapping[str, torch.Tensor], prefix: str = "") -> None:
@@ -208,8 +205,12 @@ class Sam2KeyMap:
         def load_post_hook(_module: nn.Module, incompatible: object) -> None:
             self.report_in_meta(incompatible.missing_keys)
 
-        module.register_state_dict_post_hook(save_hook)
-        module.register_load_state_dict_pre_hook(load_pre_hook)
+        if hasattr(module, "register_state_dict_post_hook"):  # public since torch 2.5
+            module.register_state_dict_post_hook(save_hook)
+            module.register_load_state_dict_pre_hook(load_pre_hook)
+        else:  # torch 2.4: the same hooks under their private names (both modify the dict in place)
+            module._register_state_dict_hook(save_hook)
+            module._register_load_state_dict_pre_hook(load_pre_hook, with_module=True)
         module.register_load_state_dict_post_hook(load_post_hook)
 
 
