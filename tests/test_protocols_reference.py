@@ -1,0 +1,174 @@
+"""Every number of the official evaluators on the SA-V split (seed 0 reference JSONs) and, for a second seed,
+per-frame agreement with a plain re-implementation of the official per-frame algorithm."""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glus.cli import main as cli_main
+from glus.data.formats import load_dataset
+from glus.eval.protocols import evaluate
+from glus.eval.scoring import GroundTruthCache, ScoreOptions, score_expression
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+REFERENCE = SHARED / "reference"
+TOOL = SHARED / "tools" / "make_sav_mevis.py"
+METHODS = ["exact", "drift", "morph", "dropout", "wrong_obj", "mixed"]
+
+pytestmark = pytest.mark.skipif(not TOOL.is_file(), reason="needs ../shared (SA-V masks and the split builder)")
+
+
+def _load_reference():
+    spec = importlib.util.spec_from_file_location("official_reference", ROOT / "benchmarks" / "official_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build(tmp_path_factory, seed: int) -> Path:
+    """The SA-V split for ``seed``, built once and shared by pytest-xdist workers (file lock)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if base.name.startswith("popen-gw") else base
+    out = shared / f"sav_seed{seed}"
+    with open(shared / f"sav_seed{seed}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "done").is_file():
+            subprocess.run([sys.executable, str(TOOL), str(out), "--seed", str(seed), "--no-frames",
+                            "--also-revos", "--also-davis17"], check=True, capture_output=True)
+            (out / "done").write_text("ok")
+    return out
+
+
+@pytest.fixture(scope="session")
+def sav0(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, 0)
+
+
+@pytest.fixture(scope="session")
+def sav1(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, 1)
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-12
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_mevis_reproduces_official_numbers(sav0, method):
+    ref = json.loads((REFERENCE / "sav_mevis_seed0_official.json").read_text())["methods"][method]
+    got = evaluate("mevis", sav0 / "valid_u", sav0 / "pred" / method).summary
+    for name in ("J", "F", "J&F"):
+        assert _close(got[name], ref[name]), name
+    assert set(got["per_expression"]) == set(ref["per_expression"])
+    for key, values in ref["per_expression"].items():
+        for name in ("J", "F"):
+            assert _close(got["per_expression"][key][name], values[name]), (key, name)
+    assert got["missing"] == {} and got["num_scored"] == len(ref["per_expression"])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_davis17_visa_reproduces_official_numbers(sav0, method):
+    ref = json.loads((REFERENCE / "sav_davis17_seed0_official.json").read_text())["methods"][method]
+    got = evaluate("davis17", sav0 / "davis17", sav0 / "pred" / method).summary
+    assert got["protocol"] == "visa"
+    for name in ("J", "F", "J&F"):
+        assert _close(got["official"][name], ref[name]), name
+        assert 0.0 <= got[name] <= 1.0
+    for key, values in ref["per_expression"].items():
+        for name in ("J", "F"):
+            assert _close(got["per_expression"][key][name], values[name]), (key, name)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_revos_reproduces_official_numbers(sav0, method):
+    ref = json.loads((REFERENCE / "sav_revos_seed0_official.json").read_text())["methods"][method]
+    got = evaluate("revos", sav0 / "revos", sav0 / "pred" / method).summary
+    for group in ("referring", "reason", "overall"):
+        for name in ("J", "F", "A", "R", "JF"):
+            assert _close(got["official"][group][name], ref[group][name]), (group, name)
+    for key, values in ref["per_expression"].items():
+        for name in ("J", "F", "JF", "A", "R"):
+            assert _close(got["official"]["per_expression"][key][name], values[name]), (key, name)
+        for name in ("J", "F", "A", "R"):
+            assert _close(got["per_expression"][key][name], values["raw"][name]), (key, name)
+        assert got["per_expression"][key]["type_id"] == values["type_id"]
+    assert _close(got["J&F"], ref["overall"]["JF"] / 100)
+
+
+def test_revos_corrected_option_changes_a_and_r_only(sav0):
+    official = evaluate("revos", sav0 / "revos", sav0 / "pred" / "exact").summary
+    corrected = evaluate("revos", sav0 / "revos", sav0 / "pred" / "exact", corrected=True).summary
+    # a perfect prediction is perfect once A and R are computed on binary masks
+    assert corrected["A"] == 1.0 and corrected["R"] == 1.0
+    assert official["A"] < 1.0 and official["R"] < 1.0
+    assert corrected["J"] == official["J"] == 1.0
+
+
+def test_second_seed_matches_plain_official_algorithm(sav1):
+    """Per-frame J and F (every 8th frame, two prediction sets) and ReVOS A / R against the plain
+    re-implementation; aggregates recomputed from the per-frame values."""
+    reference = _load_reference()
+    meta = json.loads((sav1 / "valid_u" / "meta_expressions.json").read_text())["videos"]
+    mask_dict = json.loads((sav1 / "valid_u" / "mask_dict.json").read_text())
+    for method in ("morph", "mixed"):
+        pred_root = sav1 / "pred" / method
+        result = evaluate("mevis", sav1 / "valid_u", pred_root)
+        by_key = {s.key: s for s in result.scores}
+        for vid, video in meta.items():
+            for exp_id, exp in video["expressions"].items():
+                scores = by_key[f"{vid}_{exp_id}"]
+                idx = list(range(0, len(video["frames"]), 8))
+                rles = [[mask_dict[str(a)][t] for t in idx] for a in exp["anno_id"]]
+                j_ref, f_ref = reference.reference_expression(str(pred_root / vid / exp_id),
+                                                              [video["frames"][t] for t in idx], rles)
+                assert np.array_equal(scores.j[idx], j_ref), (method, exp_id)
+                assert np.array_equal(scores.f[idx], f_ref), (method, exp_id)
+        js = [s.j.mean() for s in result.scores]
+        fs = [s.f.mean() for s in result.scores]
+        summary = result.summary
+        assert _close(summary["J"], float(np.mean(js))) and _close(summary["F"], float(np.mean(fs)))
+        assert _close(summary["J&F"], (np.mean(js) + np.mean(fs)) / 2)
+
+    # ReVOS accuracy and robustness, the official formulas on full uint8 frames
+    revos = load_dataset("revos", sav1 / "revos")
+    cache = GroundTruthCache(revos)
+    expression = revos.expression("sav_000001", "5")
+    scores = score_expression(cache, sav1 / "pred" / "mixed", expression, ScoreOptions(revos=True))
+    from pycocotools import mask as cocomask
+
+    fg_rles = json.loads((sav1 / "revos" / "mask_dict_foreground.json").read_text())["sav_000001"]["masks_rle"]
+    for t in range(0, len(scores.frames), 10):
+        gt = np.zeros(revos.frame_size("sav_000001"), np.uint8)
+        for a in expression.anno_ids:
+            rle = mask_dict[a][t]
+            if rle:
+                gt += cocomask.decode(rle)
+        pred = reference.cv2.imread(str(sav1 / "pred" / "mixed" / "sav_000001" / "5" / f"{scores.frames[t]}.png"),
+                                    reference.cv2.IMREAD_GRAYSCALE)
+        fg = cocomask.decode(fg_rles[t]).astype(np.uint8)
+        assert scores.a[t] == np.mean(gt == pred)
+        assert scores.r[t] == max(1 - ((1 - gt) * pred).sum() / (fg.sum() + 1e-6), 0.0)
+
+
+def test_revos_through_the_cli(sav0, tmp_path, capsys):
+    out = tmp_path / "revos.json"
+    rc = cli_main(["evaluate", "--dataset", "revos", "--split-dir", str(sav0 / "revos"), "--pred",
+                   str(sav0 / "pred" / "mixed"), "--output", str(out), "--workers", "2", "--per-frame"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    ref = json.loads((REFERENCE / "sav_revos_seed0_official.json").read_text())["methods"]["mixed"]
+    assert _close(result["official"]["overall"]["JF"], ref["overall"]["JF"])
+    header = (tmp_path / "revos.csv").read_text().splitlines()[0]
+    assert header == "expression,video,exp_id,type_id,J,F,J&F,A,R,missing"
+    frames = (tmp_path / "revos.frames.csv").read_text().splitlines()
+    assert frames[0] == "expression,frame_index,frame,J,F,A,R" and len(frames) == 1 + 9 * 121
+    assert "overall" in capsys.readouterr().out
