@@ -58,11 +58,36 @@ def add_submit(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_runner("glus.eval.submission:submit_command"))
 
 
+def add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment the objects that expressions refer to in one video")
+    p.add_argument("video", help="video file (mp4, mov, webm, avi, mkv), folder of frames, or an image")
+    p.add_argument("-e", "--expression", action="append", required=True, dest="expressions",
+                   help="referring expression (repeat for several)")
+    p.add_argument("--model", required=True, help="checkpoint folder or hub id (released layout or glus format)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--key-frame", default="none", help="none, auto (built-in selector) or a frame index")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--vision-tower", default=None, help="CLIP folder or id (released checkpoints)")
+    p.add_argument("--sam2-config", default=None, help="Meta SAM-2 yaml (released checkpoints; default Hiera-L)")
+    p.add_argument("--compat", default=None, choices=("official", "stored"),
+                   help="fuser gamma of released checkpoints: official (the authors' 1e-6) or stored values")
+    p.add_argument("--mode", default="fast", choices=("fast", "reference"),
+                   help="fast path (default) or the released per-frame protocol; both give the same masks")
+    p.add_argument("--stride", type=int, default=1, help="use every N-th frame")
+    p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
+    p.add_argument("--start", type=int, default=0, help="first frame to use")
+    p.add_argument("--max-batch", type=int, default=16, help="most prompts per LLM call")
+    p.add_argument("--rle", action="store_true", help="also write masks_rle.json (COCO RLE)")
+    p.add_argument("--no-overlay", action="store_true", help="do not draw the overlay video")
+    p.set_defaults(func=_runner("glus.inference.segment:segment_command"))
+
+
 def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glus", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_evaluate, add_submit, *COMMANDS, *extra):
+    for add in (add_evaluate, add_submit, add_segment, *COMMANDS, *extra):
         add(sub)
     return parser
 

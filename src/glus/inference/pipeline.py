@@ -312,6 +312,30 @@ class GLUSPipeline:
         tokenizer = GLUSTokenizer.from_pretrained(resolve_checkpoint(path_or_id))
         return cls(model, tokenizer, **kwargs)
 
+    def check_expressions(self, expressions: Sequence[str]) -> None:
+        """One-line errors for expressions the model cannot take: empty, or too long for its context window.
+
+        The longest prompt holds the context frames and ``query_frames`` turns, each repeating the expression;
+        it must fit the LLM's ``max_position_embeddings``.
+        """
+        from glus.errors import GlusError
+        from glus.prompts import expanded_length
+
+        if not expressions:
+            raise GlusError("no expression given")
+        builder = PromptBuilder.from_config(self.model.config)
+        limit = self.model.config.text.max_position_embeddings
+        for i, text in enumerate(expressions):
+            if not text or not text.strip():
+                raise GlusError(f"expression {i} is empty")
+            past = [builder.inference_answer(True)] * (builder.query_frames - 1)
+            ids = tokenizer_image_token(builder.inference_prompt(text, past), self.tokenizer, builder.image_token,
+                                        builder.image_token_index)
+            length = expanded_length(ids, self.model.tokens_per_frame, builder.image_token_index)
+            if length > limit:
+                raise GlusError(f"expression {i} is too long: its prompt needs {length} positions, the model has "
+                                f"{limit} ({len(text)} characters; shorten it)")
+
     def __call__(self, video, expressions: str | Sequence[str], key_frame: KeyFrame | Sequence[KeyFrame] = None,
                  *, mode: str = "fast", sink: MaskSink | None = None) -> list[ExpressionResult] | None:
         """Segment ``expressions`` on ``video``.
@@ -329,11 +353,7 @@ class GLUSPipeline:
         from glus.inference.protocol import segment_reference
 
         texts = [expressions] if isinstance(expressions, str) else list(expressions)
-        if not texts:
-            raise GlusError("no expression given")
-        for text in texts:
-            if not text.strip():
-                raise GlusError("empty expression")
+        self.check_expressions(texts)
         keys = list(key_frame) if isinstance(key_frame, (list, tuple)) else [key_frame] * len(texts)
         keys = [None if k in (None, "none") else k for k in keys]
         frames, owned = _as_frame_store(video)

@@ -1,0 +1,17 @@
+"""Shared fixtures: paths to ../shared and the authors' tiny reference checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+OFFICIAL_TINY = SHARED / "reference" / "official_tiny"
+
+
+@pytest.fixture(scope="session")
+def official_tiny() -> Path:
+    if not OFFICIAL_TINY.is_dir():
+        pytest.skip("../shared/reference/official_tiny is not available")
+    return OFFICIAL_TINY
