@@ -52,7 +52,12 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 def add_submit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="check predictions for completeness and write the server's zip")
     p.add_argument("--dataset", choices=("mevis", "refytvos"), required=True)
-    p.add_argument("--split-dir", default=None, help="split annotations to check completeness against")
+    p.add_argument("--split-dir", required=True,
+                   help="the split's annotations (meta_expressions) to check completeness against")
+    p.add_argument("--split", default=None, help="split name where the folder does not imply it")
+    p.add_argument("--convert", action="store_true",
+                   help="re-encode readable masks that are not 8-bit 0/255 (0/1, palette, 16-bit) instead of "
+                        "rejecting them")
     p.add_argument("pred_dir")
     p.add_argument("out_zip")
     p.set_defaults(func=_runner("glus.eval.submission:submit_command"))
@@ -94,6 +99,24 @@ def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] =
 
 # Further sub-commands (convert, segment, infer, train, demo) register here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="turn a released GLUS checkpoint into glus's self-contained format")
+    p.add_argument("src", help="released checkpoint folder or hub id (e.g. Swindl/GLUS-S)")
+    p.add_argument("dst", help="new folder to write (safetensors, config.json, tokenizer, vision_tower/)")
+    p.add_argument("--vision-tower", default=None,
+                   help="CLIP folder or id (default: the one the checkpoint's config names)")
+    p.add_argument("--sam2-config", default=None,
+                   help="Meta SAM-2 yaml (default: sam2_hiera_l.yaml, as every GLUS release)")
+    p.add_argument("--compat", default=None, choices=("official", "stored"),
+                   help="fuser gamma: official (the authors' loader, 1e-6; default) or the stored values")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="precision of the weights")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST once the new one is complete")
+    p.set_defaults(func=_runner("glus.model.convert:convert_command"))
+
+
+COMMANDS.append(add_convert)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

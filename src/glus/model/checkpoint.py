@@ -108,6 +108,7 @@ def released_config(folder: Path, tower: ClipVisionTower, sam2_config: str | Pat
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)))
     except (KeyError, TypeError, ValueError) as exc:
         raise GlusError(f"not a LLaVA/GLUS config ({exc!r} missing or malformed)", folder / "config.json") from None
+    _check_released_options(raw, folder / "config.json")
     clip = tower.clip.config
     mm_hidden = int(raw.get("mm_hidden_size", clip.hidden_size))
     if mm_hidden != clip.hidden_size:
@@ -120,9 +121,31 @@ def released_config(folder: Path, tower: ClipVisionTower, sam2_config: str | Pat
         image_size=clip.image_size, patch_size=clip.patch_size, projection_dim=clip.projection_dim,
         hidden_act=clip.hidden_act, layer_norm_eps=clip.layer_norm_eps,
         select_layer=int(raw.get("mm_vision_select_layer", -2)))
-    return GLUSConfig(text=text, vision=vision, sam2=sam2_config_from_arg(sam2_config),
-                      prompt_dim=int(raw.get("out_dim", 256)),
-                      mm_use_im_start_end=bool(raw.get("mm_use_im_start_end", True)))
+    sam2 = sam2_config_from_arg(sam2_config)
+    prompt_dim = int(raw.get("out_dim", 256))
+    if prompt_dim != sam2.d_model:
+        # text_hidden_fcs writes the SAM-2 prompt token: its width must be the mask decoder's.
+        raise GlusError(f"the checkpoint's [SEG] head gives {prompt_dim}-d prompts (out_dim) but the SAM-2 config "
+                        f"has d_model {sam2.d_model}: wrong --sam2-config?", folder / "config.json")
+    config = GLUSConfig(text=text, vision=vision, sam2=sam2, prompt_dim=prompt_dim,
+                        mm_use_im_start_end=bool(raw.get("mm_use_im_start_end", True)))
+    if vision.num_patches % config.pool_kernel:
+        raise GlusError(f"the vision tower gives {vision.num_patches} patches, not divisible by the "
+                        f"{config.pool_kernel}-token pooling", folder / "config.json")
+    return config
+
+
+def _check_released_options(raw: dict, where: Path) -> None:
+    """Reject LLaVA / LLaMA options that change the computation and that glus does not implement."""
+    unsupported = []
+    if raw.get("rope_scaling") not in (None, {}):
+        unsupported.append(f"rope_scaling={raw['rope_scaling']!r}")
+    if raw.get("mm_vision_select_feature", "patch") != "patch":
+        unsupported.append(f"mm_vision_select_feature={raw['mm_vision_select_feature']!r}")
+    if raw.get("mm_use_im_patch_token", False):
+        unsupported.append("mm_use_im_patch_token=true")
+    if unsupported:
+        raise GlusError("unsupported model option(s): " + ", ".join(unsupported), where)
 
 
 def _build_empty(config: GLUSConfig, dtype: torch.dtype, attn_implementation: str,
@@ -218,16 +241,23 @@ def _set_seg_token_id(model: GLUSModel, folder: Path) -> None:
     if (folder / "tokenizer.model").is_file():
         from glus.tokenizer import GLUSTokenizer
 
-        model.seg_token_id = GLUSTokenizer.from_pretrained(folder).seg_token_id
+        seg = GLUSTokenizer.from_pretrained(folder).seg_token_id
+        vocab = model.config.text.vocab_size
+        if not 0 <= seg < vocab:
+            raise GlusError(f"the tokenizer's [SEG] id {seg} is outside the model's {vocab}-token vocabulary",
+                            folder / "added_tokens.json")
+        model.seg_token_id = seg
 
 
 def save_pretrained(model: GLUSModel, folder: str | Path, tokenizer=None, *, source: str = "") -> Path:
     """Write ``model`` (and ``tokenizer``) in glus's format; loading it back gives bit-identical outputs."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tower = model.vision_tower
     if tower is None:
         raise ValueError("the model has no vision tower to save")
+    folder.mkdir(parents=True, exist_ok=True)
+    # An old config.json would make a folder whose rewrite is interrupted look complete: it goes first.
+    (folder / "config.json").unlink(missing_ok=True)
     tower_dir = folder / "vision_tower"
     tower.clip.save_pretrained(tower_dir, safe_serialization=True)
     model.clip_processor.save_pretrained(tower_dir)
