@@ -72,7 +72,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     written = write_reports(result, output, per_frame=args.per_frame)
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(summary_table(result.summary))
     for key, reason in list(result.summary.get("missing", {}).items())[:10]:
         console.print(f"  missing {key}: {reason}", highlight=False)
