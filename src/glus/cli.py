@@ -119,6 +119,35 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 COMMANDS.append(add_convert)
 
 
+def add_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="segment a whole dataset split into <out>/<video>/<exp_id>/<frame>.png "
+                                     "(sharded, resumable)")
+    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--split-dir", required=True, help="folder with the split's annotation files and frames")
+    p.add_argument("--split", default=None, help="split name where the folder does not imply it")
+    p.add_argument("--model", required=True, help="checkpoint folder or hub id (released layout or glus format)")
+    p.add_argument("--out", required=True, help="prediction folder (a rerun resumes where it stopped)")
+    p.add_argument("--vision-tower", default=None, help="CLIP folder or id (released checkpoints)")
+    p.add_argument("--sam2-config", default=None, help="Meta SAM-2 yaml (released checkpoints; default Hiera-L)")
+    p.add_argument("--compat", default=None, choices=("official", "stored"),
+                   help="fuser gamma of released checkpoints: official (the authors' 1e-6) or stored values")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cuda under torchrun: cuda:$LOCAL_RANK)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--key-frame", default="none", choices=("none", "auto"),
+                   help="none: one forward pass from frame 0; auto: the built-in key-frame selector "
+                        "(for expressions the key-frame file does not list)")
+    p.add_argument("--key-frame-json", default=None,
+                   help='released key-frame file {"<video>_<exp_id>": "<frame>"}')
+    p.add_argument("--num-shards", type=int, default=None, help="split the videos into N shards (with --shard-index)")
+    p.add_argument("--shard-index", type=int, default=None, help="the shard this process runs, 0..N-1")
+    p.add_argument("--max-batch", type=int, default=16, help="most prompts per LLM call")
+    p.add_argument("--limit-videos", type=int, default=None, help="only the first N videos of the split")
+    p.set_defaults(func=_runner("glus.inference.runner:infer_command"))
+
+
+COMMANDS.append(add_infer)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
