@@ -115,7 +115,8 @@ def meta_layout(cfg: Sam2Config) -> dict[str, tuple[int, ...]]:
         lin(f"{d}.transformer.final_attn_token_to_image.{proj}_proj", c // 2, c)
     lin(f"{d}.transformer.final_attn_token_to_image.out_proj", c, c // 2)
     norm(f"{d}.transformer.norm_final_attn", c)
-    out[f"{d}.iou_token.weight"], out[f"{d}.mask_tokens.weight"], out[f"{d}.obj_score_token.weight"] = (1, c), (4, c), (1, c)
+    for name, rows in (("iou_token", 1), ("mask_tokens", 4), ("obj_score_token", 1)):
+        out[f"{d}.{name}.weight"] = (rows, c)
     out[f"{d}.output_upscaling.0.weight"], out[f"{d}.output_upscaling.0.bias"] = (c, c // 4, 2, 2), (c // 4,)
     norm(f"{d}.output_upscaling.1", c // 4)
     out[f"{d}.output_upscaling.3.weight"], out[f"{d}.output_upscaling.3.bias"] = (c // 4, c // 8, 2, 2), (c // 8,)
@@ -378,7 +379,7 @@ def test_decode_memory_selection_and_batching(head: Sam2Head, features) -> None:
     prompts = _prompts(2, 1)
     solo = [MemoryBank(), MemoryBank()]
     pair = [MemoryBank(), MemoryBank()]
-    for step in range(4):
+    for step in range(3):
         singles = [head.decode(frame, prompts[i:i + 1], solo[i], step, 3, (40, 50)) for i in range(2)]
         both = head.decode(frame, prompts, pair, step, 3, (40, 50))
         assert both.memory_steps == [s.memory_steps[0] for s in singles]
@@ -386,7 +387,7 @@ def test_decode_memory_selection_and_batching(head: Sam2Head, features) -> None:
             assert torch.allclose(both.logits[i], singles[i].logits[0], atol=1e-4)
             assert torch.equal(both.token_index[i:i + 1], singles[i].token_index)
             assert torch.allclose(pair[i].get(step).features, solo[i].get(step).features, atol=1e-5)
-    assert both.memory_steps == [(0, 2), (0, 2)]
+    assert both.memory_steps == [(0, 1), (0, 1)]
     # distinct selections in one batch: one bank lacks step 2 -> it attends to [0] only
     banks = [MemoryBank(), MemoryBank()]
     for step in (0, 1, 2):

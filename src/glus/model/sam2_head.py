@@ -22,7 +22,6 @@ the released checkpoint's layout.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -47,8 +46,6 @@ from glus.model.sam2_modules import (
     prompt_encoder_config,
     vision_config,
 )
-
-logger = logging.getLogger(__name__)
 
 # ImageNet statistics used by SAM2Transforms (torchvision Normalize after ToTensor's /255).
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -216,10 +213,12 @@ class Sam2Head(nn.Module):
         return Sam2ImageFeatures(image_embed=levels[-1], image_pos=pos[-1], high_res=high_res)
 
     def dense_positional_encoding(self) -> torch.Tensor:
-        """``[1, C, S/16, S/16]`` the prompt encoder's random-Fourier encoding of the feature grid (``get_dense_pe``)."""
+        """``[1, C, S/16, S/16]``: the prompt encoder's random-Fourier encoding of the feature grid (Meta's
+        ``get_dense_pe``)."""
         h, w = self.feat_sizes[-1]
         pe_layer = self.sam_prompt_encoder.shared_embedding
-        grid = torch.ones((h, w), device=pe_layer.positional_embedding.device, dtype=pe_layer.positional_embedding.dtype)
+        table = pe_layer.positional_embedding
+        grid = torch.ones((h, w), device=table.device, dtype=table.dtype)
         y = (grid.cumsum(dim=0) - 0.5) / h
         x = (grid.cumsum(dim=1) - 0.5) / w
         return pe_layer(torch.stack([x, y], dim=-1)).permute(2, 0, 1).unsqueeze(0)
@@ -285,7 +284,8 @@ class Sam2Head(nn.Module):
         """
         b = prompt_embedding.shape[0]
         if prompt_embedding.dim() != 3 or prompt_embedding.shape[1:] != (1, self.config.d_model):
-            raise ValueError(f"prompt_embedding must be [B, 1, {self.config.d_model}], got {tuple(prompt_embedding.shape)}")
+            raise ValueError(f"prompt_embedding must be [B, 1, {self.config.d_model}], "
+                             f"got {tuple(prompt_embedding.shape)}")
         if len(features) not in (1, b):
             raise ValueError(f"features hold {len(features)} frames for {b} prompts (need 1 or {b})")
         banks = _as_banks(memory, b)
@@ -327,7 +327,8 @@ class Sam2Head(nn.Module):
             memory_steps=selections, conditioned_embed=conditioned)
 
     @torch.no_grad()
-    def encode_memory(self, conditioned: torch.Tensor, low_res_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_memory(self, conditioned: torch.Tensor,
+                      low_res_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory of B entries (Meta's ``_encode_new_memory`` with ``is_mask_from_pts=False``).
 
         Args:
@@ -339,7 +340,8 @@ class Sam2Head(nn.Module):
         s = self.config.image_size
         high = F.interpolate(low_res_logits.float(), size=(s, s), mode="bilinear", align_corners=False)
         high = high.to(low_res_logits.dtype)
-        mask_for_mem = torch.sigmoid(high) * self.config.sigmoid_scale_for_mem_enc + self.config.sigmoid_bias_for_mem_enc
+        cfg = self.config
+        mask_for_mem = torch.sigmoid(high) * cfg.sigmoid_scale_for_mem_enc + cfg.sigmoid_bias_for_mem_enc
         return self.memory_encoder(conditioned, mask_for_mem.to(conditioned.dtype))
 
     def write_memory(self, banks: Sequence[MemoryBank], step: int, conditioned: torch.Tensor,

@@ -69,9 +69,12 @@ _RULES: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
     # mask decoder
     (rf"^sam_mask_decoder\.transformer\.layers\.(\d+)\.{_ATTN}\.o_proj\.",
      r"sam_mask_decoder.transformer.layers.\1.\2.out_proj."),
-    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.layer_norm(\d)\.", r"sam_mask_decoder.transformer.layers.\1.norm\2."),
-    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_in\.", r"sam_mask_decoder.transformer.layers.\1.mlp.layers.0."),
-    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_out\.", r"sam_mask_decoder.transformer.layers.\1.mlp.layers.1."),
+    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.layer_norm(\d)\.",
+     r"sam_mask_decoder.transformer.layers.\1.norm\2."),
+    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_in\.",
+     r"sam_mask_decoder.transformer.layers.\1.mlp.layers.0."),
+    (r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_out\.",
+     r"sam_mask_decoder.transformer.layers.\1.mlp.layers.1."),
     (r"^sam_mask_decoder\.transformer\.final_attn_token_to_image\.o_proj\.",
      "sam_mask_decoder.transformer.final_attn_token_to_image.out_proj."),
     (r"^sam_mask_decoder\.transformer\.layer_norm_final_attn\.", "sam_mask_decoder.transformer.norm_final_attn."),
@@ -91,7 +94,8 @@ _RULES: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
     (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.scale$", r"memory_encoder.fuser.layers.\1.gamma"),
     (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.depthwise_conv\.", r"memory_encoder.fuser.layers.\1.dwconv."),
     (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.layer_norm\.", r"memory_encoder.fuser.layers.\1.norm."),
-    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.pointwise_conv([12])\.", r"memory_encoder.fuser.layers.\1.pwconv\2."),
+    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.pointwise_conv([12])\.",
+     r"memory_encoder.fuser.layers.\1.pwconv\2."),
     (r"^memory_encoder\.projection\.", "memory_encoder.out_proj."),
 ]
 
