@@ -340,6 +340,9 @@ def test_encode_image_shapes(head: Sam2Head, features) -> None:
     assert not features.image_embed.requires_grad  # no_grad by default
     one = features.frame(1)
     assert len(one) == 1 and torch.equal(one.image_embed[0], features.image_embed[1])
+    assert torch.equal(features.frame(-1).high_res[1], one.high_res[1])
+    moved = one.to("meta")
+    assert moved.image_embed.is_meta and moved.high_res[0].is_meta and moved.image_pos.shape == one.image_pos.shape
     with pytest.raises(ValueError):
         head.encode_image(torch.zeros(1, 3, 512, 512))
 
