@@ -172,3 +172,111 @@ def test_revos_through_the_cli(sav0, tmp_path, capsys):
     frames = (tmp_path / "revos.frames.csv").read_text().splitlines()
     assert frames[0] == "expression,frame_index,frame,J,F,A,R" and len(frames) == 1 + 9 * 121
     assert "overall" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ Ref-DAVIS17, ReferFormer
+def _davis_split(root: Path) -> tuple[Path, Path]:
+    """A Ref-DAVIS17 split in ReferFormer's layout from three SA-V masklets (8 frames, a void band), with
+    predictions for the 4 x 3 expressions that differ per annotator set."""
+    from pycocotools import mask as cocomask
+    from PIL import Image
+
+    data = json.loads((SHARED / "data" / "sav_000001" / "sav_000001_manual.json").read_text())
+    keep = list(range(0, 120, 15))
+    frames = [f"{t:05d}" for t in keep]
+    objects = np.stack([[cocomask.decode({"size": data["masklet"][t][k]["size"],
+                                          "counts": data["masklet"][t][k]["counts"].encode()}) for t in keep]
+                        for k in range(3)]).astype(bool)  # (3, T, H, W)
+    split = root / "valid"
+    expressions = {}
+    for k in range(3):
+        for a in range(4):
+            expressions[str(4 * k + a)] = {"exp": f"object {k} by annotator {a}", "obj_id": str(k + 1)}
+    (root / "meta_expressions" / "valid").mkdir(parents=True)
+    (root / "meta_expressions" / "valid" / "meta_expressions.json").write_text(
+        json.dumps({"videos": {"sav": {"frames": frames, "expressions": expressions}}}))
+    ann = split / "Annotations" / "sav"
+    ann.mkdir(parents=True)
+    for i, name in enumerate(frames):
+        label = np.zeros(objects.shape[2:], np.uint8)
+        for k in range(3):
+            label[objects[k, i]] = k + 1
+        label[100:110, :] = 255 if i % 2 else label[100:110, :]  # void band on odd frames
+        image = Image.fromarray(label, mode="P")
+        image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [255, 255, 255] * 252)
+        image.save(ann / f"{name}.png")
+    pred = root / "pred"
+    rng = np.random.default_rng(7)
+    for k in range(3):
+        for a in range(4):
+            folder = pred / "sav" / str(4 * k + a)
+            folder.mkdir(parents=True)
+            for i, name in enumerate(frames):
+                m = objects[k, i]
+                if a == 1:
+                    m = np.roll(m, (int(rng.integers(-9, 9)), int(rng.integers(-9, 9))), axis=(0, 1))
+                elif a == 2:
+                    m = objects[(k + 1) % 3, i]  # a permutation: the matching must undo it
+                elif a == 3 and i % 3 == 0:
+                    m = np.zeros_like(m)
+                reference_png = (m * 255).astype(np.uint8)
+                Image.fromarray(reference_png).save(folder / f"{name}.png")
+    return root, pred
+
+
+def _plain_davis_unsupervised(root: Path, pred: Path, annotator: int) -> tuple[float, float]:
+    """The DAVIS 2017 unsupervised evaluation of one ReferFormer annotator set, written out plainly."""
+    from PIL import Image
+    from scipy.optimize import linear_sum_assignment
+
+    reference = _load_reference()
+    meta = json.loads((root / "meta_expressions" / "valid" / "meta_expressions.json").read_text())["videos"]
+    j_means, f_means = [], []
+    for vid, video in meta.items():
+        frames = video["frames"]
+        gt = np.stack([np.array(Image.open(root / "valid" / "Annotations" / vid / f"{n}.png")) for n in frames])
+        void = gt == 255
+        gt = np.where(void, 0, gt)
+        n_gt = int(gt[0].max())
+        gt_masks = np.stack([gt == i + 1 for i in range(n_gt)])
+        exps = list(video["expressions"])
+        scores = []
+        for k in range(len(exps) // 4):
+            exp = exps[4 * k + annotator]
+            scores.append(np.stack([np.array(Image.open(pred / vid / exp / f"{n}.png")) > 0 for n in frames]))
+        stack = np.concatenate([np.full((1, *gt.shape), 0.1), np.stack(scores).astype(float)])
+        labels = np.argmax(stack, axis=0)
+        n_res = max(int(labels.max()), n_gt)
+        res_masks = np.stack([labels == p + 1 for p in range(n_res)])
+        T = len(frames)
+        j = np.zeros((n_res, n_gt, T))
+        f = np.zeros((n_res, n_gt, T))
+        for n in range(n_gt):
+            for p in range(n_res):
+                j[p, n] = reference.reference_iou(gt_masks[n] & ~void, res_masks[p] & ~void)
+                for t in range(T):
+                    f[p, n, t] = reference.reference_f(res_masks[p, t] & ~void[t], gt_masks[n, t] & ~void[t])
+        rows, cols = linear_sum_assignment(-((j.mean(2) + f.mean(2)) / 2))
+        for r, c in zip(rows, cols):
+            j_means.append(np.nanmean(j[r, c]))
+            f_means.append(np.nanmean(f[r, c]))
+    return float(np.mean(j_means)), float(np.mean(f_means))
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "sav_000001").is_dir(), reason="needs the SA-V masks in ../shared")
+def test_davis17_referformer_protocol_matches_plain_toolkit(tmp_path):
+    root, pred = _davis_split(tmp_path / "davis")
+    result = evaluate("davis17", root, pred, protocol="referformer", workers=2)
+    summary = result.summary
+    js, fs = [], []
+    for a in range(4):
+        j, f = _plain_davis_unsupervised(root, pred, a)
+        table = summary["official"]["annotators"][f"anno_{a}"]
+        assert _close(table["J-Mean"], j) and _close(table["F-Mean"], f), a
+        js.append(j)
+        fs.append(f)
+    assert _close(summary["J"], float(np.mean(js))) and _close(summary["F"], float(np.mean(fs)))
+    # annotator 2 predicted every object as the next one: matching restores the pairs
+    assert summary["official"]["annotators"]["anno_2"]["J-Mean"] > 0.99
+    assert summary["per_expression"]["sav_2"]["object"] == 2 and summary["missing"] == {}
+    assert len(result.extra_tables["objects"]) == 4 * 3

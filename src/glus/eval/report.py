@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import tempfile
@@ -19,6 +20,8 @@ from rich.table import Table
 
 from glus.eval.protocols import EvaluationResult
 from glus.eval.scoring import iter_frames
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["atomic_write_text", "write_json", "write_csv", "expression_rows", "frame_rows", "report_paths",
            "write_reports", "summary_table"]
@@ -75,8 +78,8 @@ def expression_rows(result: EvaluationResult) -> tuple[list[dict[str, Any]], lis
     rows = []
     if result.scores:
         items = [(s.key, s.expression.video_id, s.expression.exp_id) for s in result.scores]
-    else:
-        items = [(k, v.get("video"), v.get("exp_id")) for k, v in per.items()]
+    else:  # protocols that do not score expressions one by one key them "<video>_<exp_id>" all the same
+        items = [(k, *k.rsplit("_", 1)) for k in per]
     for key, video, exp_id in items:
         values = per.get(key, {})
         j, f = values.get("J"), values.get("F")
@@ -117,7 +120,10 @@ def write_reports(result: EvaluationResult, output: str | Path, *, per_frame: bo
     rows, columns = expression_rows(result)
     write_csv(paths["csv"], rows, columns)
     written["csv"] = paths["csv"]
-    if per_frame:
+    if per_frame and not result.scores:
+        logger.warning("the %s protocol has no per-frame scores of single expressions; no per-frame CSV",
+                       result.summary.get("protocol"))
+    elif per_frame:
         rows, columns = frame_rows(result)
         write_csv(paths["frames"], rows, columns)
         written["frames"] = paths["frames"]

@@ -218,12 +218,12 @@ def _score_chunk(chunk: tuple[str, list[str]]) -> list[ExpressionScores]:
 
 
 def _chunks(expressions: Sequence[Expression], workers: int) -> list[tuple[str, list[str]]]:
-    """Expressions grouped by video (to share decoded annotations), in chunks small enough that every worker
-    gets several even when the split has a single video."""
+    """Expressions grouped by video (to share decoded annotations), at most 16 per chunk, and no more per chunk
+    than an even share per worker, so that a split with a single video still keeps every worker busy."""
     by_video: dict[str, list[str]] = {}
     for e in expressions:
         by_video.setdefault(e.video_id, []).append(e.exp_id)
-    size = max(1, min(16, -(-len(expressions) // (4 * max(1, workers)))))
+    size = max(1, min(16, -(-len(expressions) // max(1, workers))))
     return [(vid, ids[i:i + size]) for vid, ids in by_video.items() for i in range(0, len(ids), size)]
 
 
