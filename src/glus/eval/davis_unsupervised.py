@@ -226,6 +226,7 @@ def evaluate_referformer(split_dir: str | Path, pred_dir: str | Path, *, split: 
             per_expression[expression.key] = {
                 "J": None if obj is None else obj["J-Mean"], "F": None if obj is None else obj["F-Mean"],
                 "annotator": o["annotator"], "object": None if obj is None else obj["object"]}
+    per_expression = {e.key: per_expression[e.key] for e in dataset.expressions() if e.key in per_expression}
     j = float(np.mean([t["J-Mean"] for t in annotators.values()]))
     f = float(np.mean([t["F-Mean"] for t in annotators.values()]))
     summary = {"dataset": "davis17", "protocol": "referformer", "split": dataset.split, "split_dir": str(split_dir),
