@@ -261,6 +261,28 @@ def test_png_reader_falls_back_to_opencv_for_unusual_files():
         decode_mask_png(b"not a png at all")
 
 
+def test_png_reader_split_idat_chunks():
+    m = np.zeros((7, 11), np.uint8)
+    m[2:5, 1:9] = 255
+    stream = zlib.compress(b"".join(bytes([0]) + r.tobytes() for r in m))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 11, 7, 8, 0, 0, 0, 0))
+    halves = chunk(b"IDAT", stream[:9]), chunk(b"IDAT", stream[9:])
+    consecutive = head + halves[0] + halves[1] + chunk(b"IEND", b"")
+    assert _fast_gray8(consecutive) is not None
+    assert np.array_equal(decode_mask_png(consecutive).to_dense(), m)
+    interrupted = head + halves[0] + chunk(b"tEXt", b"k\x00v") + halves[1] + chunk(b"IEND", b"")
+    assert _fast_gray8(interrupted) is None
+    if _cv2_gray(interrupted) is None:
+        with pytest.raises(PredictionError):
+            decode_mask_png(interrupted)
+    else:
+        assert np.array_equal(decode_mask_png(interrupted).to_dense(), _cv2_gray(interrupted))
+
+
 def test_read_mask_prediction_reports_missing_and_unreadable(tmp_path):
     with pytest.raises(PredictionError, match="missing 00000.png"):
         read_mask_prediction(tmp_path / "00000.png")

@@ -57,6 +57,7 @@ def _fast_gray8(data: bytes) -> BoxMask | None:
     if (depth, color, compression, filt, interlace) != (8, 0, 0, 0, 0) or width == 0 or height == 0:
         return None
     idat = []
+    previous = b""
     pos = 8
     end = len(data)
     while pos + 8 <= end:
@@ -68,9 +69,12 @@ def _fast_gray8(data: bytes) -> BoxMask | None:
                 ">I", data[pos + 8 + length:pos + 12 + length])[0]:
             return None  # libpng rejects a critical chunk with a bad CRC: leave the verdict to OpenCV
         if kind == b"IDAT":
+            if idat and previous != b"IDAT":
+                return None  # IDAT chunks must be consecutive; libpng refuses the file otherwise
             idat.append(data[pos + 8:pos + 8 + length])
         elif kind == b"IEND":
             break
+        previous = kind
         pos += 12 + length
     else:
         return None  # no IEND: truncated; let OpenCV decide what it makes of it

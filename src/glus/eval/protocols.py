@@ -221,6 +221,8 @@ def evaluate(dataset: str, split_dir: str | Path, pred_dir: str | Path, *, split
         ``missing``, ``dropped`` and protocol-specific fields.
     """
     protocol = _resolve_protocol(dataset, protocol)
+    if corrected and protocol != "revos":
+        logger.warning("corrected=True only changes ReVOS's A and R; the %s protocol ignores it", protocol)
     if workers < 1:
         raise GlusError(f"--workers must be at least 1, got {workers}")
     if protocol == "referformer":
