@@ -15,3 +15,14 @@ def official_tiny() -> Path:
     if not OFFICIAL_TINY.is_dir():
         pytest.skip("../shared/reference/official_tiny is not available")
     return OFFICIAL_TINY
+
+
+def pytest_configure(config):
+    # Under pytest-xdist every worker is its own process: one intra-op thread each keeps 2 workers on 2 cores
+    # from oversubscribing (OpenMP spin-waits make oversubscribed torch many times slower).
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
