@@ -33,10 +33,11 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from glus.data.formats import load_dataset
 from glus.data.records import Video
@@ -45,14 +46,15 @@ from glus.fileio import atomic_write_json
 from glus.inference.keyframes import load_key_frame_json, resolve_key_frame
 from glus.inference.writers import ensure_writable_dir, expression_dir, is_expression_done
 
+if TYPE_CHECKING:
+    from glus.inference.pipeline import KeyFrame  # None (one pass from frame 0), a frame index, or "auto"
+
 logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "infer_summary.json"
 SUMMARY_FORMAT = "glus-infer-summary"
 SUMMARY_VERSION = 1
 KEY_FRAME_MODES = ("none", "auto")
-
-KeyFrame = int | str | None  # as GLUSPipeline takes it: None (frame 0, one pass), a frame index, or "auto"
 
 
 # ---------------------------------------------------------------------------------------------- sharding
@@ -279,6 +281,9 @@ def update_summary(out_dir: Path, settings: Mapping[str, Any], shard: Shard, ent
         GlusError: the folder's summary was written with other mask-deciding ``settings``.
     """
     with _folder_lock(out_dir):
+        # Under the lock no other shard is writing the summary: a temp file beside it is a killed writer's.
+        for stale in out_dir.glob(f".{SUMMARY_NAME}.*.tmp"):
+            stale.unlink(missing_ok=True)
         summary = read_summary(out_dir)
         if summary is not None and summary.get("settings") != dict(settings):
             diff = "; ".join(_differences(summary.get("settings") or {}, settings))
@@ -359,6 +364,17 @@ def _clean_partial(exp_dir: Path, frame_names: Sequence[str]) -> None:
             path.unlink(missing_ok=True)
 
 
+def pending_expressions(out_dir: Path, videos: Sequence[Video]) -> dict[str, list[str]]:
+    """``{video: [exp_id, ...]}`` of the expressions without a complete, marked set of PNGs in ``out_dir``."""
+    pending: dict[str, list[str]] = {}
+    for video in videos:
+        left = [e for e in video.expressions
+                if not is_expression_done(expression_dir(out_dir, video.video_id, e), video.frame_names)]
+        if left:
+            pending[video.video_id] = left
+    return pending
+
+
 def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model: str | Path, *,
                 split: str | None = None, vision_tower: str | Path | None = None,
                 sam2_config: str | Path | None = None, compat: str | None = None, device: str = "cpu",
@@ -396,7 +412,7 @@ def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model:
     mode = parse_key_frame_mode(key_frame)
     from glus.model.checkpoint import parse_dtype
 
-    parse_dtype(dtype)
+    precision = str(parse_dtype(dtype)).removeprefix("torch.")  # one name per precision: bf16 == bfloat16
     if max_batch < 1:
         raise GlusError(f"--max-batch must be >= 1, got {max_batch}")
     if limit_videos is not None and limit_videos < 1:
@@ -417,7 +433,7 @@ def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model:
     settings = {
         "dataset": dataset, "split": data.split, "model": _identity(model),
         "vision_tower": _identity(vision_tower), "sam2_config": _identity(sam2_config), "compat": compat,
-        "dtype": dtype, "key_frame": mode,
+        "dtype": precision, "key_frame": mode,
         "key_frame_json": None if key_frame_json is None else {
             "path": _identity(key_frame_json), "sha256": _file_digest(Path(key_frame_json))},
     }
@@ -427,15 +443,10 @@ def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model:
                          expressions=sum(len(v.expressions) for v in mine),
                          expression_frames=sum(weights[v.video_id] for v in mine))
     # Which expressions are left: decided once, before the model loads (and not at all if nothing is left).
-    pending: dict[str, list[str]] = {}
-    done_frames = 0
-    for video in mine:
-        left = [e for e in video.expressions if not is_expression_done(expression_dir(out, video.video_id, e),
-                                                                        video.frame_names)]
-        report.expressions_done_before += len(video.expressions) - len(left)
-        done_frames += (len(video.expressions) - len(left)) * len(video.frame_names)
-        if left:
-            pending[video.video_id] = left
+    pending = pending_expressions(out, mine)
+    left = {(vid, e) for vid, exps in pending.items() for e in exps}
+    report.expressions_done_before = report.expressions - len(left)
+    done_frames = sum(len(v.frame_names) for v in mine for e in v.expressions if (v.video_id, e) not in left)
     update_summary(out, settings, shard, report.to_dict(), run)
     logger.info("shard %s: %d video(s), %d expression(s), %d expression-frames; %d expression(s) already done",
                 shard, report.videos, report.expressions, report.expression_frames, report.expressions_done_before)
@@ -535,6 +546,6 @@ def infer_command(args: argparse.Namespace) -> int:
 
 __all__ = [
     "KEY_FRAME_MODES", "SUMMARY_NAME", "Shard", "ShardReport", "assign_shards", "check_device",
-    "expression_frames", "infer_command", "parse_key_frame_mode", "plan_key_frames", "read_summary",
-    "resolve_device", "resolve_shard", "run_dataset", "update_summary",
+    "expression_frames", "infer_command", "parse_key_frame_mode", "pending_expressions", "plan_key_frames",
+    "read_summary", "resolve_device", "resolve_shard", "run_dataset", "update_summary",
 ]
