@@ -413,8 +413,8 @@ def wall_clock(pipe, num_frames: int = 20, num_expressions: int = 4, size: tuple
     video = make_video(seed, num_frames, size[0], size[1], num_objects=3)
     frames = list(video.frames)
     texts = synthetic_expressions(video, num_expressions)
-    pipe(frames[:2], texts[:1], mode="fast")  # warm-up: first-call allocations and lazy initialisation
-    pipe(frames[:2], texts[:1], mode="reference")
+    pipe(frames[:1], texts[:1], mode="fast")  # warm-up: first-call allocations and lazy initialisation
+    pipe(frames[:1], texts[:1], mode="reference")
     start = time.perf_counter()
     fast = pipe(frames, texts, mode="fast")
     fast_s = time.perf_counter() - start
@@ -467,10 +467,11 @@ def make_rss_video(path: Path, num_frames: int, size: tuple[int, int] = (64, 96)
 
 
 def rss_run(checkpoint: Path, video_path: Path, expressions: Sequence[str], out_dir: Path,
-            samples: int = 10) -> dict:
+            samples: int = 10, pipe=None) -> dict:
     """Run the fast path on ``video_path`` with masks streamed to PNGs; the memory figures of this process.
 
-    Meant to run alone in a fresh process (:func:`measure_peak_rss` starts one per video).
+    Meant to run alone in a fresh process (:func:`measure_peak_rss` starts one per video); ``pipe``, an
+    already loaded pipeline, is for tests (the peak then includes whatever the process did before).
 
     Returns:
         ``{"frames", "seconds", "rss_loaded_kb", "peak_kb" (VmHWM), "ru_maxrss_kb", "rss_trace"}``;
@@ -479,7 +480,7 @@ def rss_run(checkpoint: Path, video_path: Path, expressions: Sequence[str], out_
     from glus.data.video import open_video
     from glus.inference.writers import PngMaskSink
 
-    pipe = load_tiny_pipeline(checkpoint)
+    pipe = pipe or load_tiny_pipeline(checkpoint)
     loaded = _proc_status_kb("VmRSS")
     source = open_video(video_path)
     num_frames = len(source)
