@@ -353,3 +353,50 @@ def test_run_dataset_api_reports_counts(split: Path, single_run: Path, model_arg
     assert report.expressions_written == report.frames_written == 0 and report.model_load_seconds == 0
     assert tree(out) == tree(single_run)
     assert read_summary(out)["num_shards"] == 2  # the summary now describes the two-shard division
+
+
+def test_missing_frame_images_fail_before_the_model(tmp_path: Path, model_args: list[str],
+                                                    capsys: pytest.CaptureFixture, no_model_loading: None) -> None:
+    split_dir = write_mevis_split(tmp_path / "mevis", _videos(1, 4), write_images=False)
+    line = one_line_error(capsys, infer(split_dir, tmp_path / "pred", model_args))
+    assert f"{split_dir / 'JPEGImages' / 'vid0' / '00000.jpg'}: frame image of video vid0 not found" in line
+
+
+def test_a_failure_after_loading_is_recorded_in_the_summary(tmp_path: Path, model_args: list[str],
+                                                            capsys: pytest.CaptureFixture) -> None:
+    from glus.data.synthetic import SyntheticExpression
+
+    video = _videos(1, 4)[0]
+    long_text = " ".join(["the red circle moving to the right"] * 300)  # past the tiny LLM's 2048 positions
+    video = dataclasses.replace(video, expressions=(video.expressions[0], SyntheticExpression(long_text, (0,))))
+    split_dir = write_mevis_split(tmp_path / "mevis", [video])
+    out = tmp_path / "pred"
+    assert infer(split_dir, out, model_args) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after the weight loader's own progress bar
+    assert line.startswith("glus infer: error: expression vid0_1 is too long: its prompt needs")
+    entry = read_summary(out)["shards"]["0"]
+    assert entry["status"] == "failed" and entry["error"].startswith("expression vid0_1 is too long")
+    assert entry["model_load_seconds"] > 0 and not list(out.rglob("*.png"))  # checked before the first mask
+
+
+def test_concurrent_shards_keep_every_summary_entry(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from glus.inference.runner import ShardReport, update_summary
+
+    (tmp_path / f".{SUMMARY_NAME}.k1l2.tmp").write_text("{")  # left by a writer killed mid-write
+    settings = {"dataset": "mevis", "model": "m"}
+
+    def finish(index: int) -> None:
+        for status in ("running", "complete"):
+            report = ShardReport(index, 8, status=status, videos=1, expressions=2, expression_frames=10)
+            update_summary(tmp_path, settings, Shard(index, 8), report.to_dict(), {})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(finish, range(8)))
+    summary = read_summary(tmp_path)
+    assert list(summary["shards"]) == [str(i) for i in range(8)]
+    assert summary["totals"]["complete"] and summary["totals"]["expression_frames"] == 80
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SUMMARY_NAME]
+    with pytest.raises(GlusError, match=r"other settings \(model: 'm' then, 'other' now\)"):
+        update_summary(tmp_path, {**settings, "model": "other"}, Shard(0, 8), {}, {})

@@ -375,6 +375,17 @@ def pending_expressions(out_dir: Path, videos: Sequence[Video]) -> dict[str, lis
     return pending
 
 
+def check_frames(videos: Sequence[Video]) -> None:
+    """One-line error when a video's frame images are not all there (an annotation-only copy of a split)."""
+    for video in videos:
+        if len(video.frame_paths) != len(video.frame_names):
+            raise GlusError(f"video {video.video_id}: {len(video.frame_paths)} frame images for "
+                            f"{len(video.frame_names)} frames")
+        for path in video.frame_paths:
+            if not Path(path).is_file():
+                raise GlusError(f"frame image of video {video.video_id} not found", path)
+
+
 def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model: str | Path, *,
                 split: str | None = None, vision_tower: str | Path | None = None,
                 sam2_config: str | Path | None = None, compat: str | None = None, device: str = "cpu",
@@ -446,6 +457,7 @@ def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model:
     pending = pending_expressions(out, mine)
     left = {(vid, e) for vid, exps in pending.items() for e in exps}
     report.expressions_done_before = report.expressions - len(left)
+    check_frames([data.videos[vid] for vid in pending])
     done_frames = sum(len(v.frame_names) for v in mine for e in v.expressions if (v.video_id, e) not in left)
     update_summary(out, settings, shard, report.to_dict(), run)
     logger.info("shard %s: %d video(s), %d expression(s), %d expression-frames; %d expression(s) already done",
@@ -497,8 +509,9 @@ def _segment(out: Path, videos: Mapping[str, Video], pending: Mapping[str, list[
         for exp_id in exp_ids:
             try:
                 pipe.check_expressions([videos[video_id].expressions[exp_id].text])
-            except GlusError as exc:
-                raise GlusError(f"expression {video_id}_{exp_id}: {exc}") from None
+            except GlusError as exc:  # name the expression by its dataset key, not its index in the call
+                detail = str(exc).removeprefix("expression 0 ")
+                raise GlusError(f"expression {video_id}_{exp_id} {detail}") from None
 
     desc = "infer" if shard.count == 1 else f"infer {shard.index + 1}/{shard.count}"
     with logging_redirect_tqdm(), tqdm(total=report.expression_frames, initial=done_frames, unit="mask", desc=desc,
@@ -513,21 +526,13 @@ def _segment(out: Path, videos: Mapping[str, Video], pending: Mapping[str, list[
             def finished(index: int) -> None:
                 report.expressions_written += 1
 
-            with FrameStore(open_video(video.frame_paths)) as frames:
-                if len(frames) != len(video.frame_names):
-                    raise GlusError(f"video {video_id}: {len(frames)} frame images for "
-                                    f"{len(video.frame_names)} annotated frames", _frames_dir(video))
+            with FrameStore(open_video(video.frame_paths)) as frames:  # one image per frame: check_frames
                 sink = PngMaskSink(exp_dirs, video.frame_names, on_done=finished)
                 pipe(frames, [video.expressions[e].text for e in exp_ids], [plan[video_id][e] for e in exp_ids],
                      sink=_CountingSink(sink, bar, report))
             unfinished = [e for i, e in enumerate(exp_ids) if not sink.done(i)]
             if unfinished:  # the pipeline owes one mask per frame; a gap would be a bug, not a user error
                 raise RuntimeError(f"video {video_id}: expressions {unfinished} did not receive every frame")
-
-
-def _frames_dir(video: Video) -> Path | None:
-    """The folder of a video's frame images (for messages)."""
-    return Path(video.frame_paths[0]).parent if video.frame_paths else None
 
 
 def infer_command(args: argparse.Namespace) -> int:
@@ -545,7 +550,7 @@ def infer_command(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "KEY_FRAME_MODES", "SUMMARY_NAME", "Shard", "ShardReport", "assign_shards", "check_device",
+    "KEY_FRAME_MODES", "SUMMARY_NAME", "Shard", "ShardReport", "assign_shards", "check_device", "check_frames",
     "expression_frames", "infer_command", "parse_key_frame_mode", "pending_expressions", "plan_key_frames",
     "read_summary", "resolve_device", "resolve_shard", "run_dataset", "update_summary",
 ]
