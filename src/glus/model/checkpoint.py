@@ -162,6 +162,17 @@ def _build_empty(config: GLUSConfig, dtype: torch.dtype, attn_implementation: st
     return model
 
 
+# The alignment of PyTorch's CPU allocator. Tensors read from a file can start anywhere in its buffer (safetensors
+# pads its header to 8 bytes only), and BLAS kernels take other code paths (other float rounding) on unaligned data.
+ALLOC_ALIGNMENT = 64
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, copied to freshly allocated memory if its data is not allocator-aligned, so that a model loaded
+    from any file computes bit-identically to the same weights held in memory."""
+    return tensor if tensor.data_ptr() % ALLOC_ALIGNMENT == 0 else tensor.clone()
+
+
 def load_weights(model: GLUSModel, state: dict[str, torch.Tensor], compat: Compat, where: Path) -> None:
     """Fill ``model`` from a released-layout state dict; any missing, unexpected or mis-shaped key is an error."""
     dropped = drop_non_weights(state)
@@ -181,7 +192,7 @@ def load_weights(model: GLUSModel, state: dict[str, torch.Tensor], compat: Compa
     problem = describe_key_mismatch(missing, unexpected, where, shapes)
     if problem:
         raise GlusError(problem)
-    model.load_state_dict(rest, strict=False, assign=True)
+    model.load_state_dict({k: _aligned(v) for k, v in rest.items()}, strict=False, assign=True)
     if report.fuser_gamma_replaced:
         logger.info("compat=%s: %d fuser gamma tensor(s) at their init value, as the authors' loader leaves them",
                     compat, len(report.fuser_gamma_replaced))
