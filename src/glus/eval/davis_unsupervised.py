@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 
 from glus.data.formats import load_dataset
@@ -151,6 +152,7 @@ _WORKER: dict = {}
 
 
 def _init(dataset: Dataset, pred_root: Path) -> None:
+    cv2.setNumThreads(1)  # see glus.eval.scoring: small windows, several workers
     _WORKER["dataset"] = dataset
     _WORKER["pred_root"] = pred_root
 
@@ -192,6 +194,7 @@ def evaluate_referformer(split_dir: str | Path, pred_dir: str | Path, *, split: 
                 if progress:
                     progress(1)
     else:
+        threads = cv2.getNumThreads()
         _init(dataset, pred_root)
         try:
             for item in items:
@@ -200,6 +203,7 @@ def evaluate_referformer(split_dir: str | Path, pred_dir: str | Path, *, split: 
                     progress(1)
         finally:
             _WORKER.clear()
+            cv2.setNumThreads(threads)
 
     annotators: dict[str, dict[str, float]] = {}
     rows: list[dict[str, Any]] = []

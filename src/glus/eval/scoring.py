@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+import cv2
 import numpy as np
 
 from glus.data.records import Dataset, Expression
@@ -205,6 +206,9 @@ _WORKER: dict = {}
 
 
 def _init_worker(dataset: Dataset, pred_root: Path, options: ScoreOptions) -> None:
+    # The windows are small: OpenCV's thread pool costs more than it saves, and oversubscribes the cores
+    # when several workers run.
+    cv2.setNumThreads(1)
     _WORKER["cache"] = GroundTruthCache(dataset)
     _WORKER["pred_root"] = pred_root
     _WORKER["options"] = options
@@ -265,12 +269,14 @@ def score_dataset(dataset: Dataset, pred_root: str | Path, *, expressions: Itera
             progress(len(batch))
 
     if workers <= 1 or len(chunks) <= 1:
+        threads = cv2.getNumThreads()
         _init_worker(dataset, pred_root, options)
         try:
             for chunk in chunks:
                 collect(_score_chunk(chunk))
         finally:
             _WORKER.clear()
+            cv2.setNumThreads(threads)
     else:
         n = min(workers, len(chunks))
         with _context().Pool(n, initializer=_init_worker, initargs=(dataset, pred_root, options)) as pool:
