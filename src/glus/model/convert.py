@@ -163,9 +163,18 @@ def _usual_permissions(folder: Path) -> None:
 def convert_command(args: argparse.Namespace) -> int:
     """Run ``glus convert`` from parsed arguments (see :func:`glus.cli.add_convert`)."""
     from rich.console import Console
+    from transformers.utils import logging as hf_logging
 
-    report = convert_checkpoint(args.src, args.dst, vision_tower=args.vision_tower, sam2_config=args.sam2_config,
-                                compat=args.compat, dtype=args.dtype, overwrite=args.overwrite)
+    # transformers' per-file progress bars (CLIP loading / saving) would bury the one-line report or error.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        report = convert_checkpoint(args.src, args.dst, vision_tower=args.vision_tower,
+                                    sam2_config=args.sam2_config, compat=args.compat, dtype=args.dtype,
+                                    overwrite=args.overwrite)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     console = Console()
     console.print(report.summary(), highlight=False, soft_wrap=True)
     console.print(f"  vision tower: {report.vision_tower}; SAM-2 config: {report.sam2_config}", highlight=False,
