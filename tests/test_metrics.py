@@ -147,6 +147,36 @@ def test_full_size_frames_match_official(hw):
         assert frame_jf(g, p) == official_jf(g, p)
 
 
+@pytest.mark.parametrize("hw", [(480, 854), (1080, 1920)])
+def test_boundaries_near_the_tolerance_match_official(hw):
+    """Predicted boundaries at distances around the radius: the cases the square bounds cannot settle."""
+    h, w = hw
+    radius = boundary_radius(h, w)
+    g = np.zeros(hw, np.uint8)
+    cv2.ellipse(g, (w // 2, h // 2), (w // 5, h // 4), 30.0, 0, 360, 1, -1)
+    for grow in (radius - 3, radius - 1, radius, radius + 1):
+        p = cv2.dilate(g, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))) * 255
+        assert frame_jf(g, p) == official_jf(g, p), grow
+    for shift in ((radius, 0), (radius - 2, radius - 2), (radius + 1, 3)):
+        p = np.roll(g, shift, axis=(0, 1)) * 255
+        assert frame_jf(g, p) == official_jf(g, p), shift
+
+
+def test_dilation_hits_exact_for_sparse_and_dense_rings():
+    from glus.eval.metrics import _hits
+
+    rng = np.random.default_rng(6)
+    for _ in range(300):
+        h, w = int(rng.integers(1, 90)), int(rng.integers(1, 90))
+        radius = int(rng.integers(1, 19))
+        source = (rng.random((h, w)) < rng.choice([0.001, 0.01, 0.05])).astype(np.uint8)
+        probe = (rng.random((h, w)) < rng.choice([0.002, 0.02, 0.2])).astype(np.uint8)
+        if not probe.any():
+            continue
+        expected = int(np.count_nonzero(probe & cv2.dilate(source, disk_footprint(radius))))
+        assert _hits(probe, source, radius) == expected
+
+
 def test_sequence_jf_shapes():
     rng = np.random.default_rng(3)
     g = np.stack([random_mask(rng, 20, 30) for _ in range(5)])
