@@ -1,0 +1,195 @@
+"""Training forward of the GLUS model (spec section 5) on a fixed batch of synthetic clips.
+
+``GLUSModel.forward_train`` gets :class:`TrainingSample` s built the way the trainer builds them (sampled frames of
+a synthetic video, one conversation per expression from :func:`glus.prompts.encode_training_conversation`, union
+masks of the expressions' objects). Checked: the named loss terms, their fall over a few AdamW steps on the
+trainable set of :func:`glus.model.mllm.set_trainable_parameters`, frozen parts left bit-identical, and the
+contrastive term switching on once its bank holds enough negatives. The contrastive loss's own value is checked
+against a hand computation in ``test_losses.py``; the memory-frame rule in ``test_memory_bank.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from glus.config import GLUSConfig, tiny
+from glus.data.sampling import sample_training_frames
+from glus.data.synthetic import make_video
+from glus.model.glus import GLUSModel, TrainingSample
+from glus.model.losses import ContrastiveConfig, ObjectContrastiveLoss
+from glus.model.mllm import IGNORE_INDEX, TRAINABLE_PATTERNS, set_trainable_parameters
+from glus.model.sam2_head import preprocess_frame
+from glus.model.vision_tower import build_vision_tower, clip_pixel_values
+from glus.prompts import PromptBuilder, encode_training_conversation
+from glus.tokenizer import GLUSTokenizer
+
+REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_tiny"
+pytestmark = pytest.mark.skipif(not (REF / "tokenizer.model").is_file(), reason="shared reference folder not present")
+
+TERMS = {"ce", "bce", "dice", "contrastive", "total"}
+# (video seed, expression indices): two phrasings of one object (each other's contrastive positives) and others
+BATCH = ((0, (0, 1, 2)), (1, (0, 2, 4)))
+
+
+def config() -> GLUSConfig:
+    """The tiny preset with SAM-2 at 256 px instead of 1024 (a 16x16 feature grid): the same module graph and
+    code path, ~16x less image-encoder work, so the few optimiser steps below stay fast on a CPU."""
+    cfg = tiny()
+    return replace(cfg, sam2=replace(cfg.sam2, image_size=256, mem_attn_rope_feat_sizes=(16, 16)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is fastest on a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> GLUSTokenizer:
+    return GLUSTokenizer.from_pretrained(REF)  # the tiny LLaMA tokenizer, 703 ids = the tiny preset's vocabulary
+
+
+def make_model(tokenizer: GLUSTokenizer, seed: int = 0) -> GLUSModel:
+    torch.manual_seed(seed)
+    cfg = config()
+    model = GLUSModel(cfg, vision_tower=build_vision_tower(cfg.vision))
+    assert len(tokenizer) == cfg.text.vocab_size
+    model.seg_token_id = tokenizer.seg_token_id
+    return model
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer: GLUSTokenizer) -> list[TrainingSample]:
+    """Two clips (one per synthetic video), three expressions each, 4 context + 4 query frames."""
+    cfg = config()
+    builder = PromptBuilder.from_config(cfg)
+    rng = np.random.default_rng(0)
+    samples = []
+    for seed, chosen in BATCH:
+        video = make_video(seed, num_frames=12, height=48, width=64, num_objects=3)
+        frames = sample_training_frames(video.num_frames, cfg.context_frames, cfg.query_frames, rng)
+        exprs = [video.expressions[i] for i in chosen]
+        ids, labels = zip(*(encode_training_conversation(builder.sample_training_conversation(e.text, rng),
+                                                         tokenizer, builder) for e in exprs))
+        sam = torch.stack([preprocess_frame(f, cfg.sam2.image_size) for f in video.frames[list(frames.query)]])
+        samples.append(TrainingSample(
+            clip_pixels=clip_pixel_values(list(video.frames[list(frames.all)])),
+            sam_pixels=sam,
+            input_ids=list(ids),
+            labels=list(labels),
+            masks=torch.from_numpy(np.stack([video.target(e.objects)[list(frames.query)] for e in exprs])).float(),
+            video=video.name,
+            expressions=[str(i) for i in chosen],
+            objects=[e.objects for e in exprs],
+            frames=[f"{t:05d}" for t in frames.query],
+        ))
+    return samples
+
+
+def test_batch_is_well_formed(batch: list[TrainingSample], tokenizer: GLUSTokenizer) -> None:
+    for sample in batch:
+        assert sample.clip_pixels.shape == (8, 3, 224, 224) and sample.sam_pixels.shape == (4, 3, 256, 256)
+        assert sample.masks.shape == (3, 4, 48, 64) and sample.masks.sum() > 0
+        for ids, labels in zip(sample.input_ids, sample.labels):
+            assert int((ids == -200).sum()) == 8  # 4 context + 4 query images
+            assert int((ids == tokenizer.seg_token_id).sum()) == 4  # one [SEG] answer per query frame
+            learned = labels[labels != IGNORE_INDEX]
+            assert int((learned == tokenizer.seg_token_id).sum()) == 4 and int((learned == 2).sum()) == 4
+
+
+def test_loss_terms_are_named_and_finite(batch: list[TrainingSample], tokenizer: GLUSTokenizer) -> None:
+    model = make_model(tokenizer).train()
+    contrastive = ObjectContrastiveLoss(ContrastiveConfig(num_negatives=4), seed=0)
+    out = model.forward_train(batch, contrastive=contrastive)
+    assert set(out) == TERMS
+    assert all(v.dim() == 0 and math.isfinite(float(v.detach())) for v in out.values())
+    assert all(float(out[k].detach()) > 0 for k in TERMS)
+    assert torch.allclose(out["total"], out["ce"] + out["bce"] + out["dice"] + out["contrastive"])
+    # 2 clips x 3 expressions x 4 query frames [SEG] embeddings went into the bank (all "mevis")
+    assert len(contrastive.bank) == 2 * 3 * 4
+    # ce_on="assistant" (the paper's reading) learns every answer token, not only [SEG]: another value
+    with torch.no_grad():
+        seg_only = model.forward_train(batch, ce_on="seg")["ce"]
+        assistant = model.forward_train(batch, ce_on="assistant")["ce"]
+    assert math.isfinite(float(assistant)) and float(assistant) != float(seg_only)
+
+
+def test_training_lowers_the_losses_and_keeps_frozen_parts(batch: list[TrainingSample],
+                                                           tokenizer: GLUSTokenizer) -> None:
+    model = make_model(tokenizer, seed=1).train()
+    trainable = set(set_trainable_parameters(model))
+    assert trainable and all(any(p in n for p in TRAINABLE_PATTERNS) for n in trainable)
+    assert any("sam_mask_decoder" in n for n in trainable) and "lm_head.weight" in trainable
+    frozen_prefixes = ("model.visual_model.image_encoder.", "model.visual_model.memory_attention.",
+                       "model.visual_model.memory_encoder.", "model.visual_model.sam_prompt_encoder.",
+                       "model.layers.")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    clip_before = {k: v.clone() for k, v in model.vision_tower.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3, betas=(0.9, 0.95),
+                                  weight_decay=0.0)
+    contrastive = ObjectContrastiveLoss(ContrastiveConfig(num_negatives=4), seed=0)
+    torch.manual_seed(0)  # memory-attention dropout is active in train mode
+    history = []
+    for _ in range(6):
+        out = model.forward_train(batch, contrastive=contrastive)
+        optimizer.zero_grad()
+        out["total"].backward()
+        frozen_grads = [n for n, p in model.named_parameters() if n not in trainable and p.grad is not None]
+        assert frozen_grads == []
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        history.append({k: float(v.detach()) for k, v in out.items()})
+    first, last = history[0], history[-1]
+    assert last["total"] < 0.9 * first["total"], history
+    assert last["ce"] < first["ce"] and last["bce"] + last["dice"] < first["bce"] + first["dice"], history
+
+    after = model.state_dict()
+    for key, value in before.items():
+        if key.startswith(frozen_prefixes):
+            assert torch.equal(after[key], value), key
+    assert all(torch.equal(v, clip_before[k]) for k, v in model.vision_tower.state_dict().items())
+    # what moved is trainable (state-dict names are Meta's for SAM-2, so match the patterns) and every trained
+    # family moved (in train mode the mask decoder's IoU / multimask / object-score heads get no gradient)
+    changed = {k for k in before if not torch.equal(after[k], before[k])}
+    assert changed and all(any(p in k for p in TRAINABLE_PATTERNS) for k in changed)
+    for family in ("lm_head", "embed_tokens", "mm_projector", "text_hidden_fcs", "sam_mask_decoder.transformer",
+                   "sam_mask_decoder.output_hypernetworks_mlps", "sam_mask_decoder.output_upscaling"):
+        assert any(family in k for k in changed), family
+
+
+def test_contrastive_term_needs_enough_bank_entries(batch: list[TrainingSample], tokenizer: GLUSTokenizer) -> None:
+    model = make_model(tokenizer).eval()  # deterministic: the three calls see the same embeddings
+    off = model.forward_train(batch, contrastive=None)
+    assert float(off["contrastive"].detach()) == 0.0
+    # the released default (128 negatives) cannot be met by one small batch: the term is skipped ...
+    starved = ObjectContrastiveLoss(ContrastiveConfig(), seed=0)
+    skipped = model.forward_train(batch, contrastive=starved)
+    assert float(skipped["contrastive"].detach()) == 0.0 and torch.equal(skipped["total"], off["total"])
+    assert len(starved.bank) == 24  # ... but the bank still fills
+    # ... while 4 negatives are available at once (other expressions of the batch), so the term is used
+    used = model.forward_train(batch, contrastive=ObjectContrastiveLoss(ContrastiveConfig(num_negatives=4), seed=0))
+    assert float(used["contrastive"].detach()) > 0
+    assert torch.allclose(used["total"], off["total"] + used["contrastive"])
+    # and it trains the [SEG] head
+    model.zero_grad()
+    used["contrastive"].backward()
+    grad = model.text_hidden_fcs[0][2].weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+
+
+def test_forward_train_rejects_misuse(batch: list[TrainingSample], tokenizer: GLUSTokenizer) -> None:
+    model = make_model(tokenizer)
+    with pytest.raises(ValueError, match="ce_on"):
+        model.forward_train(batch, ce_on="everything")
+    model.seg_token_id = None
+    with pytest.raises(ValueError, match="seg_token_id"):
+        model.forward_train(batch)
