@@ -223,14 +223,14 @@ def model_outputs(model: GLUSModel, tokenizer: GLUSTokenizer, frames: np.ndarray
 
 def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert list(a) == list(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    for k, value in a.items():
+        assert value.dtype == b[k].dtype and torch.equal(value, b[k]), k
 
 
 def assert_same_outputs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), (k, [(n, (a[n] - b[n]).abs().max().item()) for n in a])
+    for k, value in a.items():
+        assert torch.equal(value, b[k]), (k, float((value.float() - b[k].float()).abs().max()))
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -501,11 +501,11 @@ def test_wrong_sam2_config_or_options_are_one_line_errors(tiny_released, tmp_pat
     other = copy.deepcopy(model.config.sam2)
     other.mem_dim = 8  # fits out_dim, not the stored memory tensors
     cases = [
-        (dict(sam2_config=bad_yaml), "invalid YAML"),
-        (dict(sam2_config=tmp_path / "absent.yaml"), "SAM-2 config not found"),
-        (dict(sam2_config=write_yaml(other, tmp_path / "other.yaml")), "do not fit"),
-        (dict(sam2_config=None), "out_dim"),  # the built-in Hiera-L: 256-d prompts expected, the [SEG] head gives 32
-        (dict(sam2_config=sam_yaml, vision_tower=tmp_path / "no_clip"), "CLIP vision tower folder not found"),
+        ({"sam2_config": bad_yaml}, "invalid YAML"),
+        ({"sam2_config": tmp_path / "absent.yaml"}, "SAM-2 config not found"),
+        ({"sam2_config": write_yaml(other, tmp_path / "other.yaml")}, "do not fit"),
+        ({"sam2_config": None}, "out_dim"),  # the built-in Hiera-L: 256-d prompts expected, the [SEG] head gives 32
+        ({"sam2_config": sam_yaml, "vision_tower": tmp_path / "no_clip"}, "CLIP vision tower folder not found"),
     ]
     for kwargs, text in cases:
         with pytest.raises(GlusError) as err:

@@ -10,6 +10,7 @@ of the authors' tiny checkpoint (``keys.txt``), which checks the rules themselve
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def sam2_layout(cfg: GLUSConfig, spec: _Spec, prefix: str = "model.visual_model.
 
     # memory encoder: mask down-sampler (x4 channels per stride-2 conv up to stride 16), pixel projection,
     # two ConvNeXt fuser blocks (with the layer-scale gamma of quirk 1), output projection to mem_dim
-    steps = int(round(np.log2(16) / np.log2(s.mask_downsampler_stride)))
+    steps = round(math.log(16, s.mask_downsampler_stride))
     ch, k = 1, s.mask_downsampler_kernel_size
     for i in range(steps):
         conv(f"memory_encoder.mask_downsampler.encoder.{3 * i}", ch * 4, ch, k)
