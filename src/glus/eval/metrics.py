@@ -58,6 +58,9 @@ def disk_footprint(radius: int) -> np.ndarray:
     return disk
 
 
+_NEIGHBOURS = np.ones((2, 2), np.uint8)
+
+
 def seg2bmap(seg: np.ndarray) -> np.ndarray:
     """One-pixel boundary map of a 2-D mask (``value != 0``), the DAVIS ``seg2bmap`` at the mask's own size.
 
@@ -66,14 +69,19 @@ def seg2bmap(seg: np.ndarray) -> np.ndarray:
     Returns:
         ``(H, W)`` bool: ``seg`` differs from its east, south or south-east neighbour; on the last row only
         the east neighbour counts, on the last column only the south one, and the bottom-right pixel is 0.
+
+    That is: the maximum and the minimum of ``seg`` over the 2x2 block whose top-left corner is the pixel,
+    clipped to the image, differ. OpenCV's dilation / erosion with a 2x2 kernel anchored at its top-left
+    compute exactly those (their default border never wins), twice as fast as the shifted comparisons.
     """
-    seg = np.asarray(seg) != 0
-    b = np.zeros_like(seg)
-    core = seg[:-1, :-1]
-    b[:-1, :-1] = (core ^ seg[:-1, 1:]) | (core ^ seg[1:, :-1]) | (core ^ seg[1:, 1:])
-    b[-1, :-1] = seg[-1, :-1] ^ seg[-1, 1:]
-    b[:-1, -1] = seg[:-1, -1] ^ seg[1:, -1]
-    return b
+    seg = np.asarray(seg)
+    if seg.dtype == bool:
+        seg = seg.view(np.uint8)
+    elif seg.dtype != np.uint8 or seg.max(initial=0) > 1:
+        seg = (seg != 0).view(np.uint8)
+    high = cv2.dilate(seg, _NEIGHBOURS, anchor=(0, 0))
+    low = cv2.erode(seg, _NEIGHBOURS, anchor=(0, 0))
+    return high != low
 
 
 @dataclass(frozen=True)
@@ -205,27 +213,31 @@ def _hits(probe: np.ndarray, source: np.ndarray, radius: int) -> int:
     p = probe[y0:y1, x0:x1]
     near = cv2.dilate(src, _square_footprint(_inscribed_half(radius)))[inner]
     far = cv2.dilate(src, _square_footprint(radius))[inner]
-    hits = int(np.count_nonzero(p & near))
+    hits = cv2.countNonZero(p & near)
     ring = p & far & (near ^ 1)
-    ys, xs = np.nonzero(ring)
-    if ys.size == 0:
+    n_ring = cv2.countNonZero(ring)
+    if n_ring == 0:
         return hits
-    ys = ys + (y0 - sy0)
-    xs = xs + (x0 - sx0)
-    dy, dx = _disk_offsets(radius)
-    if ys.size * 400 < src.size:
-        # few ring pixels: look up source at each disk offset around each of them
+    if n_ring * 400 < src.size:
+        # few ring pixels: look up ``source`` at each disk offset around each of them
+        points = cv2.findNonZero(ring).reshape(-1, 2)
+        ys = points[:, 1].astype(np.intp) + (y0 - sy0 + radius)
+        xs = points[:, 0].astype(np.intp) + (x0 - sx0 + radius)
         padded = np.zeros((src.shape[0] + 2 * radius, src.shape[1] + 2 * radius), np.uint8)
         padded[radius:-radius, radius:-radius] = src
-        flat = padded.ravel()
-        index = (ys[:, None] + radius + dy[None, :]) * padded.shape[1] + (xs[:, None] + radius + dx[None, :])
-        return hits + int(np.count_nonzero(flat[index].any(axis=1)))
-    ry0, ry1 = int(ys.min()), int(ys.max()) + 1
-    rx0, rx1 = int(xs.min()), int(xs.max()) + 1
+        dy, dx = _disk_offsets(radius)
+        index = (ys[:, None] + dy[None, :]) * padded.shape[1] + (xs[:, None] + dx[None, :])
+        return hits + int(np.count_nonzero(padded.ravel()[index].any(axis=1)))
+    # many: dilate by the disk, but only around the ring's bounding box
+    ring_rows = np.flatnonzero(np.bitwise_or.reduce(ring, axis=1))
+    ring_cols = np.flatnonzero(np.bitwise_or.reduce(ring, axis=0))
+    ry0, ry1 = int(ring_rows[0]) + y0 - sy0, int(ring_rows[-1]) + 1 + y0 - sy0
+    rx0, rx1 = int(ring_cols[0]) + x0 - sx0, int(ring_cols[-1]) + 1 + x0 - sx0
     ey0, ey1 = max(0, ry0 - radius), min(src.shape[0], ry1 + radius)
     ex0, ex1 = max(0, rx0 - radius), min(src.shape[1], rx1 + radius)
     dilated = cv2.dilate(src[ey0:ey1, ex0:ex1], disk_footprint(radius))
-    return hits + int(np.count_nonzero(dilated[ys - ey0, xs - ex0]))
+    ring_box = ring[ry0 - (y0 - sy0):ry1 - (y0 - sy0), rx0 - (x0 - sx0):rx1 - (x0 - sx0)]
+    return hits + cv2.countNonZero(ring_box & dilated[ry0 - ey0:ry1 - ey0, rx0 - ex0:rx1 - ex0])
 
 
 def _f_from_maps(gt_b: np.ndarray, pred_b: np.ndarray, radius: int) -> float:

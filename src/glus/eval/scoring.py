@@ -17,10 +17,11 @@ import logging
 import multiprocessing as mp
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
+from pycocotools import mask as cocomask
 
 from glus.data.records import Dataset, Expression
 from glus.errors import GlusError
@@ -30,6 +31,8 @@ from glus.eval.predictions import PredictionError, read_mask_prediction
 logger = logging.getLogger(__name__)
 
 __all__ = ["ExpressionScores", "ScoreOptions", "GroundTruthCache", "score_expression", "score_dataset"]
+
+_UNAVAILABLE = object()
 
 #: Where a prediction failed: its video folder is missing, or something below it.
 MISSING_VIDEO = "video"
@@ -122,16 +125,56 @@ class GroundTruthCache:
             raise GlusError(f"cannot tell the frame size of video '{video_id}'", self.dataset.root)
         return hw
 
+    def _stored_rle(self, video_id: str, anno_id: str, t: int) -> Any:
+        """The stored COCO RLE of one annotation on one frame when the mask source keeps RLE lists (MeViS-style
+        ``mask_dict`` files: ``source.store.frames(anno_id)`` indexed through ``source.positions``), else
+        :data:`_UNAVAILABLE`."""
+        source = self.dataset.masks
+        frames = getattr(getattr(source, "store", None), "frames", None)
+        positions = getattr(source, "positions", None)
+        if frames is None or not isinstance(positions, dict):
+            return _UNAVAILABLE
+        order = positions.get(video_id)
+        return frames(anno_id)[order[t] if order is not None else t]
+
+    def _decode_window(self, rle: Any, hw: tuple[int, int]) -> BoxMask | None:
+        """Decode a compressed RLE straight into its bounding box; None if it is not one (or not of size
+        ``hw``), in which case the reader's own decoder handles it (and reports what is wrong)."""
+        if rle is None:
+            return BoxMask.empty(hw)
+        if not isinstance(rle, dict) or list(rle.get("size", ())) != [hw[0], hw[1]]:
+            return None
+        counts = rle.get("counts")
+        if isinstance(counts, str):
+            if not counts.isascii():
+                return None
+            counts = counts.encode("ascii")
+        if not isinstance(counts, bytes):
+            return None
+        coco = {"size": [hw[0], hw[1]], "counts": counts}
+        try:
+            x, y, w, h = (int(v) for v in cocomask.toBbox(coco))
+            if w == 0 or h == 0:
+                return BoxMask.empty(hw)
+            mask = cocomask.decode(coco)
+        except (ValueError, TypeError):
+            return None
+        if mask.shape != hw:
+            return None
+        return BoxMask(hw, y, x, np.ascontiguousarray(mask[y:y + h, x:x + w]))
+
     def _annotation(self, expression: Expression, index: int, t: int, hw: tuple[int, int]) -> BoxMask:
         anno_id = expression.anno_ids[index]
         key = (anno_id, t)
         box = self._annotations.get(key)
         if box is None:
-            # One annotation alone: the same expression restricted to that annotation id.
-            single = dataclasses.replace(expression, anno_ids=(anno_id,))
-            video = self.dataset.video(expression.video_id)
-            masks = self.dataset.masks.annotation_masks(video, single, t, hw)
-            box = BoxMask.from_dense(masks[0])
+            rle = self._stored_rle(expression.video_id, anno_id, t)
+            box = None if rle is _UNAVAILABLE else self._decode_window(rle, hw)
+            if box is None:
+                # The reader's decoder, on the same expression restricted to this one annotation id.
+                single = dataclasses.replace(expression, anno_ids=(anno_id,))
+                video = self.dataset.video(expression.video_id)
+                box = BoxMask.from_dense(self.dataset.masks.annotation_masks(video, single, t, hw)[0])
             self._annotations[key] = box
         return box
 
