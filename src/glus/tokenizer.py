@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -35,6 +33,7 @@ from typing import Any, Iterable, Sequence
 import sentencepiece as spm
 
 from glus.errors import GlusError
+from glus.fileio import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -418,12 +417,5 @@ def _dump_json(data: Any) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
     return path
