@@ -34,28 +34,34 @@ def _load_reference():
     return module
 
 
-def _build(tmp_path_factory, seed: int) -> Path:
-    """The SA-V split for ``seed``, built once and shared by pytest-xdist workers (file lock)."""
+@pytest.fixture(scope="session")
+def sav_splits(tmp_path_factory) -> dict[int, Path]:
+    """The SA-V splits of seeds 0 and 1, built once (both at the same time) and shared by pytest-xdist workers
+    through a file lock."""
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if base.name.startswith("popen-gw") else base
-    out = shared / f"sav_seed{seed}"
-    with open(shared / f"sav_seed{seed}.lock", "w") as lock:
+    outs = {seed: shared / f"sav_seed{seed}" for seed in (0, 1)}
+    with open(shared / "sav_splits.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / "done").is_file():
-            subprocess.run([sys.executable, str(TOOL), str(out), "--seed", str(seed), "--no-frames",
-                            "--also-revos", "--also-davis17"], check=True, capture_output=True)
-            (out / "done").write_text("ok")
-    return out
+        todo = [seed for seed, out in outs.items() if not (out / "done").is_file()]
+        builds = [subprocess.Popen([sys.executable, str(TOOL), str(outs[seed]), "--seed", str(seed), "--no-frames",
+                                    "--also-revos", "--also-davis17"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE) for seed in todo]
+        for seed, build in zip(todo, builds):
+            _, err = build.communicate()
+            assert build.returncode == 0, err.decode()
+            (outs[seed] / "done").write_text("ok")
+    return outs
 
 
 @pytest.fixture(scope="session")
-def sav0(tmp_path_factory) -> Path:
-    return _build(tmp_path_factory, 0)
+def sav0(sav_splits) -> Path:
+    return sav_splits[0]
 
 
 @pytest.fixture(scope="session")
-def sav1(tmp_path_factory) -> Path:
-    return _build(tmp_path_factory, 1)
+def sav1(sav_splits) -> Path:
+    return sav_splits[1]
 
 
 def _close(a: float, b: float) -> bool:
