@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import resource
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -55,6 +55,10 @@ from glus.model.memory_bank import MemoryBank
 from glus.model.mllm import EmbeddedInputs, LLMOutput, NextToken, PrefixCache
 from glus.model.vision_tower import build_vision_tower
 from glus.tokenizer import GLUSTokenizer
+
+if TYPE_CHECKING:
+    from glus.data.synthetic import SyntheticVideo
+    from glus.inference.pipeline import GLUSPipeline
 
 logger = logging.getLogger("glus.benchmarks.inference_cost")
 
@@ -134,7 +138,8 @@ class RecordingModel:
         return SamFrame(features=None, size=(int(frame.shape[0]), int(frame.shape[1])))  # type: ignore[arg-type]
 
     # -- language model
-    def build_inputs_embeds(self, input_ids, image_embeds) -> EmbeddedInputs:
+    def build_inputs_embeds(self, input_ids: torch.Tensor | Sequence[Sequence[int] | torch.Tensor],
+                            image_embeds: torch.Tensor | Sequence[torch.Tensor]) -> EmbeddedInputs:
         """Expanded lengths of the rows (each ``<image>`` id -> ``tokens_per_frame`` positions); right-padded."""
         rows = [torch.as_tensor(r).flatten().tolist() for r in input_ids]
         marker = self.config.image_token_index
@@ -385,7 +390,7 @@ def flop_comparison(num_frames: int = 60, num_expressions: int = 10, key_frame: 
 
 
 # ============================================================================ wall-clock at tiny
-def load_tiny_pipeline(checkpoint: Path = OFFICIAL_TINY):
+def load_tiny_pipeline(checkpoint: Path = OFFICIAL_TINY) -> GLUSPipeline:
     """The official tiny checkpoint as a :class:`~glus.inference.pipeline.GLUSPipeline` (CPU, fp32)."""
     from glus.inference.pipeline import GLUSPipeline
 
@@ -394,14 +399,14 @@ def load_tiny_pipeline(checkpoint: Path = OFFICIAL_TINY):
                                         sam2_config=checkpoint / "sam2_tiny.yaml", progress=False)
 
 
-def synthetic_expressions(video, count: int) -> list[str]:
+def synthetic_expressions(video: SyntheticVideo, count: int) -> list[str]:
     """``count`` expressions of a synthetic video (its own, repeated when it has fewer)."""
     texts = [e.text for e in video.expressions]
     return [texts[i % len(texts)] for i in range(count)]
 
 
-def wall_clock(pipe, num_frames: int = 20, num_expressions: int = 4, size: tuple[int, int] = (96, 128),
-               seed: int = 0) -> dict:
+def wall_clock(pipe: GLUSPipeline, num_frames: int = 20, num_expressions: int = 4,
+               size: tuple[int, int] = (96, 128), key_frame: KeyFrame = None, seed: int = 0) -> dict:
     """Seconds of both paths on one synthetic video (same process, same threads), after a short warm-up.
 
     Returns:
@@ -416,14 +421,14 @@ def wall_clock(pipe, num_frames: int = 20, num_expressions: int = 4, size: tuple
     pipe(frames[:1], texts[:1], mode="fast")  # warm-up: first-call allocations and lazy initialisation
     pipe(frames[:1], texts[:1], mode="reference")
     start = time.perf_counter()
-    fast = pipe(frames, texts, mode="fast")
+    fast = pipe(frames, texts, key_frame, mode="fast")
     fast_s = time.perf_counter() - start
     start = time.perf_counter()
-    ref = pipe(frames, texts, mode="reference")
+    ref = pipe(frames, texts, key_frame, mode="reference")
     ref_s = time.perf_counter() - start
     identical = all(np.array_equal(a.masks, b.masks) for a, b in zip(fast, ref))
     seg_rate = float(np.mean([r.seg_generated.mean() for r in fast]))
-    return {"frames": num_frames, "expressions": num_expressions, "size": list(size),
+    return {"frames": num_frames, "expressions": num_expressions, "size": list(size), "key_frame": key_frame,
             "threads": torch.get_num_threads(), "fast_s": fast_s, "reference_s": ref_s,
             "ratio": fast_s / ref_s, "identical": identical, "seg_rate": seg_rate}
 
@@ -467,7 +472,7 @@ def make_rss_video(path: Path, num_frames: int, size: tuple[int, int] = (64, 96)
 
 
 def rss_run(checkpoint: Path, video_path: Path, expressions: Sequence[str], out_dir: Path,
-            samples: int = 10, pipe=None) -> dict:
+            samples: int = 10, pipe: GLUSPipeline | None = None) -> dict:
     """Run the fast path on ``video_path`` with masks streamed to PNGs; the memory figures of this process.
 
     Meant to run alone in a fresh process (:func:`measure_peak_rss` starts one per video); ``pipe``, an
@@ -509,7 +514,7 @@ def measure_peak_rss(lengths: Sequence[int], checkpoint: Path = OFFICIAL_TINY, s
                    "--rss-out", str(Path(tmp) / f"masks{n}"), "--checkpoint", str(checkpoint),
                    "--threads", str(threads), "--rss-texts", json.dumps(texts)]
             logger.info("peak RSS: fast path on %d frames (subprocess)", n)
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"RSS child for {n} frames failed:\n{proc.stderr[-2000:]}")
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -621,7 +626,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--frames", type=int, default=60, help="video length for the FLOP count")
     p.add_argument("--expressions", type=int, default=10, help="expressions for the FLOP count")
-    p.add_argument("--key-frame", type=_key_frame, default=None, help="none, auto or a frame index")
+    p.add_argument("--key-frame", type=_key_frame, default=None,
+                   help="none, auto or a frame index (FLOP count and wall-clock)")
     p.add_argument("--max-batch", type=int, default=16, help="fast path: most prompts per LLM call")
     p.add_argument("--wall-frames", type=int, default=20)
     p.add_argument("--wall-expressions", type=int, default=4)
@@ -655,7 +661,7 @@ def run(args: argparse.Namespace) -> dict:
     if "wall" not in args.skip:
         logger.info("wall-clock: tiny preset, %d frames x %d expressions", args.wall_frames, args.wall_expressions)
         report["wall"] = wall_clock(load_tiny_pipeline(args.checkpoint), args.wall_frames, args.wall_expressions,
-                                    args.wall_size)
+                                    args.wall_size, args.key_frame)
     if "rss" not in args.skip:
         report["rss"] = measure_peak_rss([args.frames_short, args.frames_long], args.checkpoint, args.rss_size,
                                          args.rss_expressions, args.threads)
