@@ -148,7 +148,7 @@ def _sequence(dataset: Dataset, video: Video, pred_root: Path, annotator: int) -
     return {"video": video.video_id, "annotator": annotator, "objects": objects, "missing": missing}
 
 
-_WORKER: dict = {}
+_WORKER: dict = {}  # per pool process: set once by the initializer, never in the calling process
 
 
 def _init(dataset: Dataset, pred_root: Path) -> None:
@@ -195,14 +195,13 @@ def evaluate_referformer(split_dir: str | Path, pred_dir: str | Path, *, split: 
                     progress(1)
     else:
         threads = cv2.getNumThreads()
-        _init(dataset, pred_root)
+        cv2.setNumThreads(1)
         try:
-            for item in items:
-                outputs.append(_task(item))
+            for vid, annotator in items:
+                outputs.append(_sequence(dataset, dataset.video(vid), pred_root, annotator))
                 if progress:
                     progress(1)
         finally:
-            _WORKER.clear()
             cv2.setNumThreads(threads)
 
     annotators: dict[str, dict[str, float]] = {}

@@ -245,7 +245,7 @@ def score_expression(cache: GroundTruthCache, pred_root: Path, expression: Expre
 
 
 # ------------------------------------------------------------------------------------------ parallel driver
-_WORKER: dict = {}
+_WORKER: dict = {}  # per pool process: set once by the initializer, never in the calling process
 
 
 def _init_worker(dataset: Dataset, pred_root: Path, options: ScoreOptions) -> None:
@@ -313,12 +313,13 @@ def score_dataset(dataset: Dataset, pred_root: str | Path, *, expressions: Itera
 
     if workers <= 1 or len(chunks) <= 1:
         threads = cv2.getNumThreads()
-        _init_worker(dataset, pred_root, options)
+        cv2.setNumThreads(1)
+        cache = GroundTruthCache(dataset)
         try:
-            for chunk in chunks:
-                collect(_score_chunk(chunk))
+            for video_id, exp_ids in chunks:
+                collect([score_expression(cache, pred_root, dataset.expression(video_id, e), options)
+                         for e in exp_ids])
         finally:
-            _WORKER.clear()
             cv2.setNumThreads(threads)
     else:
         n = min(workers, len(chunks))
