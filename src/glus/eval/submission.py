@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import struct
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from tqdm import tqdm
 from glus.data.formats import load_dataset
 from glus.data.records import Dataset
 from glus.errors import GlusError
+from glus.fileio import atomic_path
 from glus.eval.predictions import PredictionError, decode_mask_png
 
 logger = logging.getLogger(__name__)
@@ -171,9 +170,7 @@ def write_submission_zip(check: SubmissionCheck, out_zip: str | Path) -> Path:
         raise GlusError(f"{len(check.problems)} problems in the predictions; nothing written", out_zip)
     out_zip = Path(out_zip)
     out_zip.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_zip.parent, prefix=f".{out_zip.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out_zip) as tmp:
         # PNGs are compressed already: storing them keeps the zip as small and is much faster.
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             for path, arcname in check.files:
@@ -181,11 +178,6 @@ def write_submission_zip(check: SubmissionCheck, out_zip: str | Path) -> Path:
                     zf.writestr(arcname, _as_gray_0_255(path))
                 else:
                     zf.write(path, arcname)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_zip)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out_zip
 
 
