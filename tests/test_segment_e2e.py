@@ -78,3 +78,11 @@ def test_segment_bad_input_is_one_line(official_tiny, tmp_path, capsys, case, ne
     assert rc == 2
     assert len(err.splitlines()) == 1 and needle in err.lower() and "Traceback" not in err
     assert not (tmp_path / "out" / "0").exists()  # nothing written
+
+
+def test_quantized_loading_needs_cuda(official_tiny, tmp_path, capsys):
+    video = encode_mp4(tmp_path / "v.mp4", np.zeros((2, 16, 16, 3), np.uint8))
+    rc = main(["segment", str(video), "-e", "the bed", "--out", str(tmp_path / "out"), "--load-in", "4",
+               "--device", "cpu", *_model_args(official_tiny)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "CUDA" in err

@@ -77,6 +77,8 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sam2-config", default=None, help="Meta SAM-2 yaml (released checkpoints; default Hiera-L)")
     p.add_argument("--compat", default=None, choices=("official", "stored"),
                    help="fuser gamma of released checkpoints: official (the authors' 1e-6) or stored values")
+    p.add_argument("--load-in", type=int, default=None, choices=(4, 8),
+                   help="load the LLM in 4 or 8 bits with bitsandbytes (CUDA only)")
     p.add_argument("--mode", default="fast", choices=("fast", "reference"),
                    help="fast path (default) or the released per-frame protocol; both give the same masks")
     p.add_argument("--stride", type=int, default=1, help="use every N-th frame")
@@ -141,6 +143,8 @@ def add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-shards", type=int, default=None, help="split the videos into N shards (with --shard-index)")
     p.add_argument("--shard-index", type=int, default=None, help="the shard this process runs, 0..N-1")
     p.add_argument("--max-batch", type=int, default=16, help="most prompts per LLM call")
+    p.add_argument("--load-in", type=int, default=None, choices=(4, 8),
+                   help="load the LLM in 4 or 8 bits with bitsandbytes (CUDA only)")
     p.add_argument("--limit-videos", type=int, default=None, help="only the first N videos of the split")
     p.set_defaults(func=_runner("glus.inference.runner:infer_command"))
 

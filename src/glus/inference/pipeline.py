@@ -301,14 +301,14 @@ class GLUSPipeline:
     @classmethod
     def from_pretrained(cls, path_or_id, *, vision_tower=None, sam2_config=None, compat=None,
                         device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
-                        **kwargs) -> "GLUSPipeline":
-        """Load model and tokenizer (:func:`glus.model.checkpoint.from_pretrained`)."""
+                        load_in_bits: int | None = None, **kwargs) -> "GLUSPipeline":
+        """Load model and tokenizer (:func:`glus.model.checkpoint.from_pretrained`); ``kwargs`` go to the pipeline."""
         from glus.model.checkpoint import from_pretrained
         from glus.model.checkpoint_io import resolve_checkpoint
         from glus.tokenizer import GLUSTokenizer
 
         model = from_pretrained(path_or_id, vision_tower=vision_tower, sam2_config=sam2_config, compat=compat,
-                                device=device, dtype=dtype)
+                                device=device, dtype=dtype, load_in_bits=load_in_bits)
         tokenizer = GLUSTokenizer.from_pretrained(resolve_checkpoint(path_or_id))
         return cls(model, tokenizer, **kwargs)
 

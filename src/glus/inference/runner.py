@@ -392,7 +392,7 @@ def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model:
                 dtype: str = "fp32", key_frame: str = "none", key_frame_json: str | Path | None = None,
                 num_shards: int | None = None, shard_index: int | None = None, max_batch: int = 16,
                 limit_videos: int | None = None, progress: bool = True,
-                env: Mapping[str, str] | None = None) -> ShardReport:
+                env: Mapping[str, str] | None = None, load_in_bits: int | None = None) -> ShardReport:
     """Segment every expression of one shard of a dataset split into ``out_dir`` (see the module docstring).
 
     Args:
@@ -444,7 +444,7 @@ def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model:
     settings = {
         "dataset": dataset, "split": data.split, "model": _identity(model),
         "vision_tower": _identity(vision_tower), "sam2_config": _identity(sam2_config), "compat": compat,
-        "dtype": precision, "key_frame": mode,
+        "dtype": precision, "load_in_bits": load_in_bits, "key_frame": mode,
         "key_frame_json": None if key_frame_json is None else {
             "path": _identity(key_frame_json), "sha256": _file_digest(Path(key_frame_json))},
     }
@@ -467,7 +467,7 @@ def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model:
         if pending:
             _segment(out, data.videos, pending, plan, report, done_frames, model=model, vision_tower=vision_tower,
                      sam2_config=sam2_config, compat=compat, device=device, dtype=dtype, max_batch=max_batch,
-                     progress=progress, shard=shard)
+                     progress=progress, shard=shard, load_in_bits=load_in_bits)
         report.status = "complete"
     except KeyboardInterrupt:
         report.status = "interrupted"
@@ -491,7 +491,8 @@ def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model:
 
 def _segment(out: Path, videos: Mapping[str, Video], pending: Mapping[str, list[str]],
              plan: Mapping[str, Mapping[str, KeyFrame]], report: ShardReport, done_frames: int, *, model, vision_tower,
-             sam2_config, compat, device: str, dtype: str, max_batch: int, progress: bool, shard: Shard) -> None:
+             sam2_config, compat, device: str, dtype: str, max_batch: int, progress: bool, shard: Shard,
+             load_in_bits: int | None = None) -> None:
     """Load the model and segment the pending expressions, video by video."""
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -503,7 +504,8 @@ def _segment(out: Path, videos: Mapping[str, Video], pending: Mapping[str, list[
 
     loading = time.perf_counter()
     pipe = GLUSPipeline.from_pretrained(model, vision_tower=vision_tower, sam2_config=sam2_config, compat=compat,
-                                        device=device, dtype=dtype, max_batch=max_batch, progress=False)
+                                        device=device, dtype=dtype, load_in_bits=load_in_bits, max_batch=max_batch,
+                                        progress=False)
     report.model_load_seconds = round(time.perf_counter() - loading, 3)
     for video_id, exp_ids in pending.items():  # every expression must fit the model before the first PNG
         for exp_id in exp_ids:
@@ -541,7 +543,8 @@ def infer_command(args: argparse.Namespace) -> int:
         args.dataset, args.split_dir, args.out, args.model, split=getattr(args, "split", None),
         vision_tower=args.vision_tower, sam2_config=args.sam2_config, compat=args.compat, device=args.device,
         dtype=args.dtype, key_frame=args.key_frame, key_frame_json=args.key_frame_json, num_shards=args.num_shards,
-        shard_index=args.shard_index, max_batch=args.max_batch, limit_videos=args.limit_videos)
+        shard_index=args.shard_index, max_batch=args.max_batch, limit_videos=args.limit_videos,
+        load_in_bits=getattr(args, "load_in", None))
     summary = read_summary(args.out) or {}
     totals = summary.get("totals", {})
     logger.info("%d of %d shard(s) complete; summary: %s", totals.get("shards_complete", 0), report.num_shards,

@@ -65,7 +65,7 @@ def segment_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     pipe = GLUSPipeline.from_pretrained(args.model, vision_tower=args.vision_tower, sam2_config=args.sam2_config,
                                         compat=args.compat, device=args.device, dtype=args.dtype,
-                                        max_batch=args.max_batch)
+                                        load_in_bits=args.load_in, max_batch=args.max_batch)
     with FrameStore(source) as frames:
         pipe.check_expressions(expressions)
         sink = PngMaskSink([segment_dir(out, i) for i in range(len(expressions))], frames.frame_names)

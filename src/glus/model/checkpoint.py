@@ -28,6 +28,7 @@ from glus.fileio import atomic_write_json
 from glus.model.checkpoint_io import (describe_key_mismatch, drop_non_weights, load_state_dict, resolve_checkpoint,
                                       save_safetensors_atomic)
 from glus.model.glus import GLUSModel
+from glus.model.mllm import check_quantization, quantize_llm
 from glus.model.sam2_head import Sam2Head
 from glus.model.vision_tower import ClipVisionTower, load_vision_tower
 
@@ -201,7 +202,7 @@ def load_weights(model: GLUSModel, state: dict[str, torch.Tensor], compat: Compa
 def from_pretrained(path_or_id: str | Path, *, vision_tower: str | Path | None = None,
                     sam2_config: str | Path | None = None, compat: Compat | None = None,
                     dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                    attn_implementation: str = "sdpa") -> GLUSModel:
+                    attn_implementation: str = "sdpa", load_in_bits: int | None = None) -> GLUSModel:
     """Load a GLUS model from a released checkpoint or glus's own format (see the module docstring).
 
     Args:
@@ -212,9 +213,12 @@ def from_pretrained(path_or_id: str | Path, *, vision_tower: str | Path | None =
         compat: fuser gamma handling for released checkpoints (default ``"official"``); a glus-format folder
             stores the values in effect when it was written, so only ``"stored"`` applies there.
         dtype, device: where the model lives.
+        load_in_bits: 4 or 8 to load the LLaMA decoder through bitsandbytes (CUDA only; SAM-2 stays in float32).
     """
-    folder = resolve_checkpoint(path_or_id)
     dtype = parse_dtype(dtype)
+    if load_in_bits is not None:
+        check_quantization(load_in_bits, device)
+    folder = resolve_checkpoint(path_or_id)
     if compat not in (None, "official", "stored"):
         raise GlusError(f"unknown compat {compat!r}; choose official or stored")
     if is_glus_format(folder):
@@ -241,7 +245,12 @@ def from_pretrained(path_or_id: str | Path, *, vision_tower: str | Path | None =
         load_weights(model, load_state_dict(folder), compat or "official", folder)
     model.materialize_rotary("cpu")
     model.set_vision_tower(tower)
-    model.to(device=device, dtype=dtype)
+    if load_in_bits is not None:
+        # bitsandbytes computes in half precision; SAM-2 keeps full precision, as the released inference does.
+        quantize_llm(model, load_in_bits, device, compute_dtype=torch.float16 if dtype == torch.float32 else dtype)
+        model.sam2.to(torch.float32)
+    else:
+        model.to(device=device, dtype=dtype)
     model.eval()
     _set_seg_token_id(model, folder)
     return model

@@ -647,6 +647,18 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
+def check_quantization(bits: int, device: torch.device | str) -> torch.device:
+    """Fail early, in one line, where 4-/8-bit loading cannot work (before any weights are read)."""
+    if bits not in (4, 8):
+        raise GlusError(f"quantisation must be 4 or 8 bits, not {bits}")
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise GlusError(f"{bits}-bit loading needs a CUDA GPU (bitsandbytes); device {device} cannot be used")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise GlusError(f"{bits}-bit loading needs bitsandbytes: pip install 'glus[quant]'")
+    return device
+
+
 def quantize_llm(
     mllm: GlusMLLM,
     bits: int,
@@ -662,14 +674,7 @@ def quantize_llm(
     Raises:
         GlusError: ``bits`` is not 4 or 8, ``device`` is not an available CUDA device, or bitsandbytes is missing.
     """
-    if bits not in (4, 8):
-        raise GlusError(f"quantisation must be 4 or 8 bits, not {bits}")
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise GlusError(f"{bits}-bit loading needs a CUDA GPU (bitsandbytes); device {device} cannot be used")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise GlusError(f"{bits}-bit loading needs bitsandbytes: pip install 'glus[quant]'")
-
+    device = check_quantization(bits, device)
     mllm.to(dtype=compute_dtype)
     replace_decoder_linears_with_bnb(mllm, bits, compute_dtype)
     # Moving bitsandbytes parameters to CUDA is what quantises them.
