@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from glus.data.masks import decode_rle, encode_rle
 from glus.data.sampling import inference_context_frames, query_window
 from glus.inference.frames import FrameStore
-from glus.inference.keyframes import Pass, plan_passes, select_key_frame
+from glus.inference.keyframes import Pass, frame_quality, merge_passes, plan_passes, select_key_frame
 from glus.inference.protocol import blank_prediction
 from glus.inference.results import CollectSink, ExpressionResult, FramePrediction, MaskSink
 from glus.model.memory_bank import MemoryBank
@@ -113,8 +113,7 @@ class FastSegmenter:
             first = plan_passes(num_frames, None)[0]
             self._sweep([self._track(i, expressions[i], first, keep(i)) for i in auto], "first pass")
             for i in auto:
-                first_scores[i] = np.array([FramePrediction(np.zeros((1, 1), bool), s, iou, obj).score
-                                            for _, s, iou, obj in stored[i]])
+                first_scores[i] = np.array([frame_quality(iou, obj, s) for _, s, iou, obj in stored[i]])
                 keys[i] = select_key_frame(first_scores[i])
                 if keys[i] == 0:  # the first pass is already the answer
                     for frame, (rle, s, iou, obj) in enumerate(stored[i]):
@@ -126,10 +125,7 @@ class FastSegmenter:
         forward, backward = [], []
         for i in sorted(pending):
             passes = plan_passes(num_frames, keys[i])
-            owner = {}
-            for p_idx, q in enumerate(passes):
-                for frame in q.frames:
-                    owner[frame] = p_idx
+            owner = merge_passes(passes, num_frames)[:, 0]  # which pass's mask is final for each frame
             for p_idx, q in enumerate(passes):
                 track = self._track(i, expressions[i], q, self._emitter(sink, i, owner, p_idx))
                 (forward if q.direction == "forward" else backward).append(track)
@@ -142,7 +138,7 @@ class FastSegmenter:
         return _Track(index, p.frames, InferenceConversation(self.builder, expression), emit)
 
     @staticmethod
-    def _emitter(sink: MaskSink, index: int, owner: dict[int, int], p_idx: int) -> Callable[[int, FramePrediction], None]:
+    def _emitter(sink: MaskSink, index: int, owner: np.ndarray, p_idx: int) -> Callable[[int, FramePrediction], None]:
         def emit(frame: int, pred: FramePrediction) -> None:
             if owner[frame] == p_idx:  # the key frame's mask comes from the backward pass, as released
                 sink.put(index, frame, pred)
