@@ -99,3 +99,18 @@ def test_bank_stores_detached_tensors() -> None:
     bank = MemoryBank()
     bank.add(0, x * 2, x * 3)
     assert not bank.get(0).features.requires_grad and not bank.get(0).pos_enc.requires_grad
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_forgetting_unreachable_steps_changes_no_selection(stride):
+    from glus.model.memory_bank import oldest_needed_step
+
+    full, pruned = MemoryBank(), MemoryBank()
+    feat = torch.zeros(2, 1, 1)
+    for step in range(300):
+        assert pruned.select(step, stride) == full.select(step, stride)
+        if step % 7 != 5:  # some steps fail and store nothing
+            full.add(step, feat, feat)
+            pruned.add(step, feat, feat)
+            pruned.forget_before(oldest_needed_step(step + 1, stride))
+        assert len(pruned) <= 7 * stride + 1  # bounded, whatever the video length

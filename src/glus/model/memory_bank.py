@@ -47,6 +47,16 @@ def memory_steps(step: int, stride: int, num_maskmem: int = 7) -> list[int]:
     return steps
 
 
+def oldest_needed_step(next_step: int, stride: int, num_maskmem: int = 7) -> int:
+    """The smallest step any frame at ``next_step`` or later can still attend to.
+
+    The rule's candidates never decrease as the step grows, so the bound of ``next_step`` holds for every
+    later step too; memories below it can be dropped without changing any result (and must be, or a long video's
+    bank would grow with its length).
+    """
+    return min(memory_steps(next_step, stride, num_maskmem), default=next_step)
+
+
 @dataclass(frozen=True)
 class MemoryEntry:
     """One stored memory: the memory encoder's output for one expression at one step.
@@ -88,6 +98,11 @@ class MemoryBank:
             raise ValueError(f"memory features/pos_enc must both be [C, H, W], got {tuple(features.shape)} "
                              f"and {tuple(pos_enc.shape)}")
         self._entries[step] = MemoryEntry(features.detach(), pos_enc.detach())
+
+    def forget_before(self, step: int) -> None:
+        """Drop the memories of steps ``< step`` (see :func:`oldest_needed_step`)."""
+        for old in [s for s in self._entries if s < step]:
+            del self._entries[old]
 
     def get(self, step: int) -> MemoryEntry:
         return self._entries[step]

@@ -33,7 +33,7 @@ from transformers.models.sam2.modeling_sam2 import Sam2PromptEncoder, Sam2Vision
 from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoMemoryEncoder
 
 from glus.config import Sam2Config
-from glus.model.memory_bank import MemoryBank
+from glus.model.memory_bank import MemoryBank, oldest_needed_step
 from glus.model.sam2_keys import FuserGammaCompat, Sam2KeyMap, apply_fuser_gamma_compat
 from glus.model.sam2_modules import (
     BACKBONE_STRIDE,
@@ -321,6 +321,10 @@ class Sam2Head(nn.Module):
 
         if banks is not None and write_memory:
             self.write_memory(banks, step, conditioned, low_res)
+            # Memories no later frame can select are dropped, so a bank stays small however long the video.
+            keep_from = oldest_needed_step(step + 1, stride, self.config.num_maskmem)
+            for bank in banks:
+                bank.forget_before(keep_from)
         return Sam2DecodeOutput(
             low_res_logits=low_res, logits=logits, iou=chosen_iou[:, 0, 0], all_iou=iou[:, 0],
             object_score=object_score[:, 0, 0], stability=stability, token_index=token.long(),
