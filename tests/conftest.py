@@ -18,11 +18,8 @@ def official_tiny() -> Path:
 
 
 def pytest_configure(config):
-    # Under pytest-xdist every worker is its own process: one intra-op thread each keeps 2 workers on 2 cores
-    # from oversubscribing (OpenMP spin-waits make oversubscribed torch many times slower).
-    import os
+    # The tests run tiny models: one intra-op thread is fastest, and with pytest-xdist it keeps 2 workers on
+    # 2 cores from oversubscribing (OpenMP spin-waits make oversubscribed torch many times slower).
+    import torch
 
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
-
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)

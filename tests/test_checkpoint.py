@@ -234,14 +234,6 @@ def assert_same_outputs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest on a shared machine (and the results do not depend on it)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def reference() -> dict:

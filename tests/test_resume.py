@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from glus.data.formats import load_dataset
 from glus.data.masks import write_mask_png
@@ -30,13 +29,6 @@ NUM_VIDEOS = 6
 NUM_FRAMES = 10
 KILL_TIMEOUT_S = 180
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

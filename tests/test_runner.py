@@ -30,13 +30,6 @@ from glus.inference.writers import DONE_MARKER
 SAM_SIZE = 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def model_args(official_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:

@@ -44,14 +44,6 @@ def config() -> GLUSConfig:
     return replace(cfg, sam2=replace(cfg.sam2, image_size=256, mem_attn_rope_feat_sizes=(16, 16)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def tokenizer() -> GLUSTokenizer:
