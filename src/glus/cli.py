@@ -91,7 +91,9 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glus", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="glus", description="GLUS referring video object segmentation: segment videos from sentences, run and "
+                                 "score benchmarks, convert checkpoints.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_evaluate, add_submit, add_segment, *COMMANDS, *extra):
