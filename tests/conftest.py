@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,24 @@ def official_tiny() -> Path:
     if not OFFICIAL_TINY.is_dir():
         pytest.skip("../shared/reference/official_tiny is not available")
     return OFFICIAL_TINY
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict:
+    """The authors' recorded runs of the tiny checkpoint (``reference.json``)."""
+    if not OFFICIAL_TINY.is_dir():
+        pytest.skip("../shared/reference/official_tiny is not available")
+    return json.loads((OFFICIAL_TINY / "reference.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The authors' tiny slow LLaMA tokenizer (703 ids: the tiny preset's vocabulary)."""
+    from glus.tokenizer import GLUSTokenizer
+
+    if not OFFICIAL_TINY.is_dir():
+        pytest.skip("../shared/reference/official_tiny is not available")
+    return GLUSTokenizer.from_pretrained(OFFICIAL_TINY)
 
 
 def pytest_configure(config):

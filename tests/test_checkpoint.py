@@ -236,11 +236,6 @@ def assert_same_outputs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 # ------------------------------------------------------------------------------------------------ fixtures
 
 @pytest.fixture(scope="module")
-def reference() -> dict:
-    return json.loads((REF / "reference.json").read_text())
-
-
-@pytest.fixture(scope="module")
 def official() -> GLUSModel:
     return load_official()
 

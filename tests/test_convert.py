@@ -34,11 +34,6 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_m
 
 
 @pytest.fixture(scope="module")
-def reference() -> dict:
-    return json.loads((REF / "reference.json").read_text())
-
-
-@pytest.fixture(scope="module")
 def official() -> GLUSModel:
     return from_pretrained(REF, vision_tower=CLIP, sam2_config=YAML)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +23,6 @@ needs_reference = pytest.mark.skipif(not TINY.is_dir(), reason="shared reference
 SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
           "helpful, detailed, and polite answers to the human's questions.")
 IMG = "<im_start><image><im_end>"
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict:
-    return json.loads((TINY / "reference.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def tok() -> GLUSTokenizer:
-    return GLUSTokenizer.from_pretrained(TINY)
 
 
 def _passes(reference: dict):

@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from glus.config import Sam2Config, glus_7b, tiny
+from glus.config import glus_7b, tiny
 from glus.errors import GlusError
 from glus.model.memory_bank import MemoryBank
 from glus.model.sam2_head import IMAGE_MEAN, IMAGE_STD, Sam2Head, preprocess_frame
@@ -24,142 +24,8 @@ needs_ref = pytest.mark.skipif(not (REF / "keys.txt").is_file(), reason="shared/
 
 
 # ---- expected Meta layout, derived from SAM2Base's architecture ------------------------------------------------
-def meta_layout(cfg: Sam2Config) -> dict[str, tuple[int, ...]]:
-    """Every tensor of Meta's SAM2Base (SAM 2.0, as GLUS builds it) with its shape."""
-    c, m, e = cfg.d_model, cfg.mem_dim, cfg.embed_dim
-    out: dict[str, tuple[int, ...]] = {
-        "maskmem_tpos_enc": (cfg.num_maskmem, 1, 1, m), "no_mem_embed": (1, 1, c), "no_mem_pos_enc": (1, 1, c),
-        "no_obj_ptr": (1, c), "mask_downsample.weight": (1, 1, 4, 4), "mask_downsample.bias": (1,),
-        "image_encoder.trunk.pos_embed": (1, e, *cfg.window_pos_embed_bkg_spatial_size),
-        "image_encoder.trunk.pos_embed_window": (1, e, cfg.window_spec[0], cfg.window_spec[0]),
-        "image_encoder.trunk.patch_embed.proj.weight": (e, 3, 7, 7), "image_encoder.trunk.patch_embed.proj.bias": (e,),
-    }
-
-    def lin(name: str, o: int, i: int) -> None:
-        out[f"{name}.weight"], out[f"{name}.bias"] = (o, i), (o,)
-
-    def norm(name: str, d: int) -> None:
-        out[f"{name}.weight"], out[f"{name}.bias"] = (d,), (d,)
-
-    def conv(name: str, o: int, i: int, k: int) -> None:
-        out[f"{name}.weight"], out[f"{name}.bias"] = (o, i, k, k), (o,)
-
-    block, dim = 0, e
-    for stage, depth in enumerate(cfg.stages):
-        for j in range(depth):
-            dim_out = e * 2 ** stage
-            p = f"image_encoder.trunk.blocks.{block}"
-            norm(f"{p}.norm1", dim)
-            lin(f"{p}.attn.qkv", 3 * dim_out, dim)
-            lin(f"{p}.attn.proj", dim_out, dim_out)
-            norm(f"{p}.norm2", dim_out)
-            lin(f"{p}.mlp.layers.0", 4 * dim_out, dim_out)
-            lin(f"{p}.mlp.layers.1", dim_out, 4 * dim_out)
-            if dim != dim_out:
-                lin(f"{p}.proj", dim_out, dim)
-            dim, block = dim_out, block + 1
-    for i, ch in enumerate(cfg.backbone_channel_list):
-        conv(f"image_encoder.neck.convs.{i}.conv", c, ch, 1)
-    for i in range(cfg.mem_attn_num_layers):
-        p = f"memory_attention.layers.{i}"
-        for proj in ("q", "k", "v", "out"):
-            lin(f"{p}.self_attn.{proj}_proj", c, c)
-        lin(f"{p}.cross_attn_image.q_proj", c, c)
-        lin(f"{p}.cross_attn_image.k_proj", c, m)
-        lin(f"{p}.cross_attn_image.v_proj", c, m)
-        lin(f"{p}.cross_attn_image.out_proj", c, c)
-        lin(f"{p}.linear1", cfg.mem_attn_dim_feedforward, c)
-        lin(f"{p}.linear2", c, cfg.mem_attn_dim_feedforward)
-        for k in (1, 2, 3):
-            norm(f"{p}.norm{k}", c)
-    norm("memory_attention.norm", c)
-    chans = 1
-    for i in range(4):  # MaskDownSampler: total stride 16 in steps of 2
-        conv(f"memory_encoder.mask_downsampler.encoder.{3 * i}", chans * 4, chans, 3)
-        norm(f"memory_encoder.mask_downsampler.encoder.{3 * i + 1}", chans * 4)
-        chans *= 4
-    conv("memory_encoder.mask_downsampler.encoder.12", c, chans, 1)
-    conv("memory_encoder.pix_feat_proj", c, c, 1)
-    for i in range(cfg.fuser_num_layers):
-        p = f"memory_encoder.fuser.layers.{i}"
-        out[f"{p}.gamma"] = (c,)
-        out[f"{p}.dwconv.weight"], out[f"{p}.dwconv.bias"] = (c, 1, 7, 7), (c,)
-        norm(f"{p}.norm", c)
-        lin(f"{p}.pwconv1", 4 * c, c)
-        lin(f"{p}.pwconv2", c, 4 * c)
-    conv("memory_encoder.out_proj", m, c, 1)
-    out["sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = (2, c // 2)
-    for i in range(4):
-        out[f"sam_prompt_encoder.point_embeddings.{i}.weight"] = (1, c)
-    out["sam_prompt_encoder.not_a_point_embed.weight"] = (1, c)
-    out["sam_prompt_encoder.no_mask_embed.weight"] = (1, c)
-    conv("sam_prompt_encoder.mask_downscaling.0", 4, 1, 2)
-    norm("sam_prompt_encoder.mask_downscaling.1", 4)
-    conv("sam_prompt_encoder.mask_downscaling.3", 16, 4, 2)
-    norm("sam_prompt_encoder.mask_downscaling.4", 16)
-    conv("sam_prompt_encoder.mask_downscaling.6", c, 16, 1)
-    d = "sam_mask_decoder"
-    for i in range(2):
-        p = f"{d}.transformer.layers.{i}"
-        for proj in ("q", "k", "v", "out"):
-            lin(f"{p}.self_attn.{proj}_proj", c, c)
-        for attn in ("cross_attn_token_to_image", "cross_attn_image_to_token"):
-            for proj in ("q", "k", "v"):
-                lin(f"{p}.{attn}.{proj}_proj", c // 2, c)
-            lin(f"{p}.{attn}.out_proj", c, c // 2)
-        lin(f"{p}.mlp.layers.0", 2048, c)
-        lin(f"{p}.mlp.layers.1", c, 2048)
-        for k in (1, 2, 3, 4):
-            norm(f"{p}.norm{k}", c)
-    for proj in ("q", "k", "v"):
-        lin(f"{d}.transformer.final_attn_token_to_image.{proj}_proj", c // 2, c)
-    lin(f"{d}.transformer.final_attn_token_to_image.out_proj", c, c // 2)
-    norm(f"{d}.transformer.norm_final_attn", c)
-    for name, rows in (("iou_token", 1), ("mask_tokens", 4), ("obj_score_token", 1)):
-        out[f"{d}.{name}.weight"] = (rows, c)
-    out[f"{d}.output_upscaling.0.weight"], out[f"{d}.output_upscaling.0.bias"] = (c, c // 4, 2, 2), (c // 4,)
-    norm(f"{d}.output_upscaling.1", c // 4)
-    out[f"{d}.output_upscaling.3.weight"], out[f"{d}.output_upscaling.3.bias"] = (c // 4, c // 8, 2, 2), (c // 8,)
-    conv(f"{d}.conv_s0", c // 8, c, 1)
-    conv(f"{d}.conv_s1", c // 4, c, 1)
-    for name, hidden, width in [*((f"output_hypernetworks_mlps.{i}", c, c // 8) for i in range(4)),
-                                ("iou_prediction_head", 256, 4), ("pred_obj_score_head", c, 1)]:
-        lin(f"{d}.{name}.layers.0", hidden, c)
-        lin(f"{d}.{name}.layers.1", hidden, hidden)
-        lin(f"{d}.{name}.layers.2", width, hidden)
-    for i in range(3):
-        lin(f"obj_ptr_proj.layers.{i}", c, c)
-    return out
-
-
-def keys_txt_layout() -> dict[str, tuple[int, ...]]:
-    out = {}
-    for line in (REF / "keys.txt").read_text().splitlines():
-        if line.startswith("#"):
-            continue
-        key, shape, dtype = line.split("\t")
-        if key.startswith("model.visual_model."):
-            out[key[len("model.visual_model."):]] = tuple(int(x) for x in shape.strip("[]").split(",") if x.strip())
-    return out
-
-
-@needs_ref
-def test_tiny_state_dict_is_the_released_layout() -> None:
-    expected = keys_txt_layout()
-    assert meta_layout(tiny().sam2) == expected  # the derivation itself agrees with the real checkpoint
-    head = Sam2Head(tiny().sam2)
-    assert {k: tuple(v.shape) for k, v in head.state_dict().items()} == expected
-
-
-def test_hiera_l_state_dict_on_meta_device() -> None:
-    cfg = glus_7b().sam2
-    with torch.device("meta"):
-        head = Sam2Head(cfg)
-    layout = {k: tuple(v.shape) for k, v in head.state_dict().items()}
-    assert layout == meta_layout(cfg)
-    assert sum(k.endswith(".norm1.weight") and "trunk.blocks" in k for k in layout) == 48
-    assert layout["memory_attention.layers.3.cross_attn_image.k_proj.weight"] == (256, 64)
-    assert sum(np.prod(s) for s in layout.values()) > 200e6  # Hiera-L SAM-2: ~224 M parameters
+# The state-dict layout (tiny = keys.txt, Hiera-L on the meta device) is checked for the whole GLUS model in
+# tests/test_model_layout.py.
 
 
 # ---- yaml -> Sam2Config ----------------------------------------------------------------------------------------

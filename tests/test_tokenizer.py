@@ -17,16 +17,6 @@ TINY = SHARED / "reference" / "official_tiny"
 pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="shared reference folder not present")
 
 
-@pytest.fixture(scope="module")
-def reference() -> dict:
-    return json.loads((TINY / "reference.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def tok() -> GLUSTokenizer:
-    return GLUSTokenizer.from_pretrained(TINY)
-
-
 def test_special_token_ids_pinned(tok: GLUSTokenizer, reference: dict) -> None:
     # The ids the released-format tiny tokenizer gives (README: [SEG]=700, <im_start>=701, <im_end>=702).
     assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2, 0)

@@ -256,7 +256,7 @@ class GlusMLLM(nn.Module):
         return self.config.image_tokens_per_frame
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
-        # .to() / .half() / .cuda() reach the CLIP tower although it is not a registered sub-module.
+        # Device and dtype moves (.to(), .half(), ...) reach the CLIP tower although it is not a registered sub-module.
         super()._apply(fn, recurse)
         if self._vision_tower:
             self._vision_tower[0]._apply(fn, recurse)
