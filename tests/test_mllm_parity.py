@@ -8,7 +8,6 @@ sums and the [SEG] embedding must equal the records.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -24,11 +23,6 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REF = SHARED / "reference" / "official_tiny"
 
 pytestmark = pytest.mark.skipif(not (REF / "reference.json").is_file(), reason="shared reference folder not present")
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict:
-    return json.loads((REF / "reference.json").read_text())
 
 
 @pytest.fixture(scope="module")

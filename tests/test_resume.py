@@ -51,9 +51,9 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(split: Path, model: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def uninterrupted(split: Path, model: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run."""
-    out = tmp_path_factory.mktemp("reference") / "pred"
+    out = tmp_path_factory.mktemp("uninterrupted") / "pred"
     report = run_dataset("mevis", split, out, progress=False, env={}, **model)
     assert report.status == "complete" and report.expressions_written == NUM_VIDEOS * 3
     return out
@@ -78,7 +78,7 @@ def expression_states(out: Path, split: Path) -> tuple[int, int, int]:
     return done, partial, total
 
 
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(split: Path, model: dict[str, str], reference: Path,
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(split: Path, model: dict[str, str], uninterrupted: Path,
                                                          tmp_path: Path) -> None:
     out = tmp_path / "pred"
     argv = [sys.executable, "-m", "glus", "infer", "--dataset", "mevis", "--split-dir", str(split), "--out", str(out),
@@ -117,15 +117,15 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(split: Path, model: dict
     assert report.expressions_written == total - done_at_kill
     assert expression_states(out, split) == (total, 0, total)
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    assert tree(out) == tree(reference)  # every PNG (and marker) byte for byte
+    assert tree(out) == tree(uninterrupted)  # every PNG (and marker) byte for byte
     summary = read_summary(out)
     assert summary["totals"]["complete"] and summary["shards"]["0"]["status"] == "complete"
 
 
-def test_rerun_skips_done_expressions_and_redoes_partial_ones(split: Path, model: dict[str, str], reference: Path,
+def test_rerun_skips_done_expressions_and_redoes_partial_ones(split: Path, model: dict[str, str], uninterrupted: Path,
                                                               tmp_path: Path) -> None:
     out = tmp_path / "pred"
-    shutil.copytree(reference, out)
+    shutil.copytree(uninterrupted, out)
     names = load_dataset("mevis", split).videos["clip1"].frame_names
 
     # clip1/0: interrupted mid-write: no marker, a truncated PNG, a temp file, a PNG of a frame that is not there.
@@ -139,13 +139,13 @@ def test_rerun_skips_done_expressions_and_redoes_partial_ones(split: Path, model
     changed = out / "clip4" / "2" / f"{names[0]}.png"
     write_mask_png(changed, np.zeros((64, 96), bool))
     changed_bytes = changed.read_bytes()
-    assert changed_bytes != (reference / "clip4" / "2" / f"{names[0]}.png").read_bytes()
+    assert changed_bytes != (uninterrupted / "clip4" / "2" / f"{names[0]}.png").read_bytes()
 
     report = run_dataset("mevis", split, out, progress=False, env={}, **model)
     assert report.expressions_done_before == NUM_VIDEOS * 3 - 2
     assert report.expressions_written == 2 and report.frames_written == 2 * NUM_FRAMES
 
-    got, expected = tree(out), tree(reference)
+    got, expected = tree(out), tree(uninterrupted)
     assert got.pop(str(changed.relative_to(out))) == changed_bytes
     expected.pop(str(changed.relative_to(out)))
     assert got == expected  # clip1/0 and clip1/1 redone byte for byte; temp file and stray PNG gone

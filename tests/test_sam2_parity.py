@@ -8,7 +8,6 @@ Each pass is replayed with a fresh memory bank (stride 3) through :class:`Sam2He
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -24,11 +23,6 @@ from glus.model.sam2_head import Sam2Head, Sam2ImageFeatures, preprocess_frame
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_tiny"
 STRIDE = 3  # inference_iter.py --mem_stride default
 pytestmark = pytest.mark.skipif(not (REF / "reference.json").is_file(), reason="shared/reference not available")
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict:
-    return json.loads((REF / "reference.json").read_text())
 
 
 @pytest.fixture(scope="module")

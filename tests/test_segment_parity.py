@@ -32,8 +32,7 @@ def _recorded_masks(run: dict) -> dict[str, dict[int, np.ndarray]]:
                                                      ("rigged_no_kf", "none", "reference"),
                                                      ("unrigged_kf4", "4", "fast"),
                                                      ("DEVIATION_rigged_no_kf_fuser_gamma_loaded", "none", "fast")])
-def test_segment_matches_official_runs(official_tiny, tmp_path, run_name, key_frame, mode):
-    reference = json.loads((official_tiny / "reference.json").read_text())
+def test_segment_matches_official_runs(official_tiny, reference, tmp_path, run_name, key_frame, mode):
     run = next(r for r in reference["runs"] if r["run"] == run_name)
     model = official_tiny
     if run_name.startswith("unrigged"):
