@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from glus.errors import GlusError
+
 
 def _current_umask() -> int:
     mask = os.umask(0o022)
@@ -53,3 +55,27 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = None) 
     """Serialise ``obj`` as UTF-8 JSON and write it atomically (non-ASCII text is kept readable)."""
     text = json.dumps(obj, indent=indent, ensure_ascii=False)
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Load a whole (small) JSON file; a missing file or invalid JSON is a one-line :class:`GlusError`."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        raise GlusError(f"{what} not found", path) from None
+    except IsADirectoryError:
+        raise GlusError(f"{what} is a folder, not a JSON file", path) from None
+    except json.JSONDecodeError as exc:
+        raise GlusError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", path) from None
+    except UnicodeDecodeError as exc:
+        raise GlusError(f"invalid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})", path) from None
+
+
+def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
+    """:func:`read_json` for files that must hold a JSON object."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise GlusError(f"{what}: expected a JSON object", path)
+    return data

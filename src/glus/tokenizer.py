@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 import sentencepiece as spm
 
 from glus.errors import GlusError
-from glus.fileio import atomic_write_bytes
+from glus.fileio import atomic_write_bytes, read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -396,15 +396,7 @@ class GLUSTokenizer:
 
 
 def _read_json(path: Path, default: dict[str, Any]) -> dict[str, Any]:
-    if not path.is_file():
-        return dict(default)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GlusError(f"invalid JSON ({exc})", path) from None
-    if not isinstance(data, dict):
-        raise GlusError("expected a JSON object", path)
-    return data
+    return read_json_object(path, path.name) if path.is_file() else dict(default)
 
 
 def _special_json(tok: SpecialToken) -> dict[str, Any]:

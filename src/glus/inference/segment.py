@@ -68,13 +68,13 @@ def segment_command(args: argparse.Namespace) -> int:
                                         load_in_bits=args.load_in, max_batch=args.max_batch)
     with FrameStore(source) as frames:
         pipe.check_expressions(expressions)
-        sink = PngMaskSink([segment_dir(out, i) for i in range(len(expressions))], frames.frame_names)
+        sink = _PngAndRleSink(PngMaskSink([segment_dir(out, i) for i in range(len(expressions))],
+                                          frames.frame_names), frames.frame_names, keep_rle=args.rle)
         pipe(frames, expressions, key_frame, mode=args.mode, sink=sink)
         write_expressions_json(out / "expressions.json", expressions)
         if args.rle:
             write_rle_json(out / "masks_rle.json", {
-                str(i): {name: encode_rle(read_mask_png(segment_dir(out, i) / f"{name}.png"))
-                         for name in frames.frame_names} for i in range(len(expressions))})
+                str(i): {name: sink.rles[(i, name)] for name in frames.frame_names} for i in range(len(expressions))})
         overlay = None
         if not args.no_overlay:
             overlay = _render(frames, out, expressions, source.fps)
@@ -83,6 +83,19 @@ def segment_command(args: argparse.Namespace) -> int:
     if overlay is not None:
         logger.info("overlay: %s", overlay)
     return 0
+
+
+class _PngAndRleSink:
+    """Writes PNGs and, with ``keep_rle``, encodes COCO RLE as the masks arrive (no second read of the PNGs)."""
+
+    def __init__(self, pngs: PngMaskSink, frame_names: list[str], keep_rle: bool) -> None:
+        self.pngs, self.frame_names, self.keep_rle = pngs, frame_names, keep_rle
+        self.rles: dict[tuple[int, str], dict] = {}
+
+    def put(self, expression_index: int, frame_index: int, prediction) -> None:
+        self.pngs.put(expression_index, frame_index, prediction)
+        if self.keep_rle:
+            self.rles[(expression_index, self.frame_names[frame_index])] = encode_rle(prediction.mask)
 
 
 def _render(frames: FrameStore, out: Path, expressions: list[str], fps: float | None) -> Path:

@@ -24,7 +24,7 @@ import torch
 
 from glus.config import GLUSConfig, TextConfig, VisionConfig, glus_7b
 from glus.errors import GlusError
-from glus.fileio import atomic_write_json
+from glus.fileio import atomic_write_json, read_json_object
 from glus.model.checkpoint_io import (describe_key_mismatch, drop_non_weights, load_state_dict, resolve_checkpoint,
                                       save_safetensors_atomic)
 from glus.model.glus import GLUSModel
@@ -64,15 +64,9 @@ def is_glus_format(folder: Path) -> bool:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GlusError("config.json not found: not a GLUS checkpoint folder", path.parent) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GlusError(f"not valid JSON ({exc})", path) from None
-    if not isinstance(data, dict):
-        raise GlusError("expected a JSON object", path)
-    return data
+    if not path.is_file():
+        raise GlusError("config.json not found: not a GLUS checkpoint folder", path.parent)
+    return read_json_object(path, "config.json")
 
 
 def sam2_config_from_arg(sam2_config: str | Path | None):

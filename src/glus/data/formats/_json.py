@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from glus import fileio
 from glus.errors import GlusError
 
 __all__ = ["read_json", "iter_members", "Member", "load_span"]
@@ -28,19 +29,8 @@ CHUNK = 1 << 24  # 16 MiB per read while scanning
 
 
 def read_json(path: str | Path, what: str = "annotation file") -> Any:
-    """Load a whole (small) JSON file; a missing file or invalid JSON raises :class:`GlusError`."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        raise GlusError(f"{what} not found", path) from None
-    except IsADirectoryError:
-        raise GlusError(f"{what} is a folder, not a JSON file", path) from None
-    except json.JSONDecodeError as exc:
-        raise GlusError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", path) from None
-    except UnicodeDecodeError as exc:
-        raise GlusError(f"invalid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})", path) from None
+    """Load a whole (small) JSON file (:func:`glus.fileio.read_json`, worded for annotation files)."""
+    return fileio.read_json(path, what)
 
 
 @dataclass(frozen=True)
