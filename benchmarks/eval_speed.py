@@ -1,6 +1,6 @@
 """Speed of ``glus evaluate`` against a plain re-implementation of the official per-frame algorithm.
 
-Both score the six prediction sets of the SA-V split (``../shared/tools/make_sav_mevis.py``) with the MeViS
+Both score the six prediction sets of the SA-V split (``tests/fixtures/tools/make_sav_mevis.py``) with the MeViS
 protocol, in the same run, with the same number of worker processes; the script checks that every
 per-expression J and F is identical and prints expression-frames per second and the speed-up.
 
@@ -30,7 +30,7 @@ from official_reference import reference_expression  # noqa: E402
 
 from glus.eval.protocols import evaluate  # noqa: E402
 
-SHARED = HERE.parent.parent / "shared"
+SPLIT_TOOL = HERE.parent / "tests" / "fixtures" / "tools" / "make_sav_mevis.py"  # the SA-V split builder, shipped with the tests
 METHODS = ["exact", "drift", "morph", "dropout", "wrong_obj", "mixed"]
 
 
@@ -65,7 +65,7 @@ def main() -> int:
         data = args.data
         if data is None:
             data = Path(tmp) / "sav"
-            subprocess.run([sys.executable, str(SHARED / "tools" / "make_sav_mevis.py"), str(data), "--seed",
+            subprocess.run([sys.executable, str(SPLIT_TOOL), str(data), "--seed",
                             str(args.seed), "--no-frames"], check=True, capture_output=True)
         split = data / "valid_u"
         videos = json.loads((split / "meta_expressions.json").read_text())["videos"]

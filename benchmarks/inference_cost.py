@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("glus.benchmarks.inference_cost")
 
 ROOT = Path(__file__).resolve().parents[1]
-OFFICIAL_TINY = ROOT.parent / "shared" / "reference" / "official_tiny"
+OFFICIAL_TINY = ROOT / "tests" / "fixtures" / "reference" / "official_tiny"  # the authors' tiny checkpoint, shipped with the tests
 
 FLOP_RATIO_TARGET = 0.5  # fast-path FLOPs at most half the reference's
 RSS_SPREAD_TARGET = 1.2  # peak RSS of the long video at most 20% above the short one's (and vice versa)

@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to ../shared and the authors' tiny reference checkpoint."""
+"""Shared fixtures: the test data shipped in ``tests/fixtures`` (see its README) and the authors' tiny reference
+checkpoint."""
 
 from __future__ import annotations
 
@@ -7,22 +8,22 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-OFFICIAL_TINY = SHARED / "reference" / "official_tiny"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+OFFICIAL_TINY = FIXTURES / "reference" / "official_tiny"  # the authors' tiny checkpoint and their recorded runs
+REFERENCE_NUMBERS = FIXTURES / "reference"  # the official evaluators' numbers on the SA-V split (*_official.json)
+BEDROOM = FIXTURES / "data" / "bedroom"  # 24 real JPEG frames, 960x540
+SAV = FIXTURES / "data" / "sav_000001"  # real SA-V masklets (COCO RLE)
+SPLIT_TOOL = FIXTURES / "tools" / "make_sav_mevis.py"  # builds the MeViS / ReVOS / DAVIS17 splits from SAV
 
 
 @pytest.fixture(scope="session")
 def official_tiny() -> Path:
-    if not OFFICIAL_TINY.is_dir():
-        pytest.skip("../shared/reference/official_tiny is not available")
     return OFFICIAL_TINY
 
 
 @pytest.fixture(scope="session")
 def reference() -> dict:
     """The authors' recorded runs of the tiny checkpoint (``reference.json``)."""
-    if not OFFICIAL_TINY.is_dir():
-        pytest.skip("../shared/reference/official_tiny is not available")
     return json.loads((OFFICIAL_TINY / "reference.json").read_text())
 
 
@@ -31,8 +32,6 @@ def tok():
     """The authors' tiny slow LLaMA tokenizer (703 ids: the tiny preset's vocabulary)."""
     from glus.tokenizer import GLUSTokenizer
 
-    if not OFFICIAL_TINY.is_dir():
-        pytest.skip("../shared/reference/official_tiny is not available")
     return GLUSTokenizer.from_pretrained(OFFICIAL_TINY)
 
 

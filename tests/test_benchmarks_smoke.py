@@ -16,11 +16,10 @@ from glus.config import glus_7b
 from glus.data.sampling import inference_context_frames
 from glus.model.memory_bank import memory_steps
 
-ROOT = Path(__file__).resolve().parents[1]
-OFFICIAL_TINY = ROOT.parent / "shared" / "reference" / "official_tiny"
+from conftest import OFFICIAL_TINY
 
-pytestmark = pytest.mark.skipif(not (OFFICIAL_TINY / "tokenizer.model").is_file(),
-                                reason="needs ../shared/reference/official_tiny (tokenizer and tiny checkpoint)")
+ROOT = Path(__file__).resolve().parents[1]
+
 
 
 def _load_benchmark():

@@ -1,6 +1,6 @@
 """Checkpoints: the authors' tiny checkpoint, released-layout folders written here, glus's own format.
 
-* ``official_tiny`` (../shared/reference) loads unchanged, with the fuser gamma rule of ``compat``, and the whole
+* ``official_tiny`` (tests/fixtures/reference) loads unchanged, with the fuser gamma rule of ``compat``, and the whole
   chain prompt -> ids -> token / [SEG] embedding of the loaded model reproduces every recorded step;
 * released-layout folders written by these tests (a single ``pytorch_model.bin`` and two shards + index, with the
   ``rotary_emb.inv_freq`` buffers transformers 4.31 saved, a CLIP folder and a SAM-2 yaml) load exactly, also for
@@ -35,8 +35,9 @@ from glus.model.vision_tower import build_vision_tower
 from glus.prompts import InferenceConversation, PromptBuilder, build_input_ids
 from glus.tokenizer import GLUSTokenizer
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_tiny"
-pytestmark = pytest.mark.skipif(not (REF / "reference.json").is_file(), reason="shared reference folder not present")
+from conftest import OFFICIAL_TINY
+
+REF = OFFICIAL_TINY
 
 GAMMAS = [f"model.visual_model.memory_encoder.fuser.layers.{i}.gamma" for i in range(2)]
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")

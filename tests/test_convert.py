@@ -24,8 +24,9 @@ from glus.model.memory_bank import MemoryBank
 from glus.prompts import InferenceConversation, PromptBuilder, build_input_ids
 from glus.tokenizer import GLUSTokenizer
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_tiny"
-pytestmark = pytest.mark.skipif(not (REF / "reference.json").is_file(), reason="shared reference folder not present")
+from conftest import OFFICIAL_TINY
+
+REF = OFFICIAL_TINY
 
 CLIP, YAML = REF / "clip", REF / "sam2_tiny.yaml"
 GAMMAS = [f"model.visual_model.memory_encoder.fuser.layers.{i}.gamma" for i in range(2)]

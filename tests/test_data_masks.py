@@ -14,8 +14,9 @@ from pycocotools import mask as cocomask
 from glus.data.masks import decode_rle, decode_rle_stack, encode_rle, read_mask_png, rle_size, write_mask_png
 from glus.errors import GlusError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SAV = SHARED / "data" / "sav_000001" / "sav_000001_manual.json"
+from conftest import SAV
+
+SAV_MANUAL = SAV / "sav_000001_manual.json"
 
 
 def _random_mask(rng: np.random.Generator, h: int = 7, w: int = 9) -> np.ndarray:
@@ -77,7 +78,7 @@ def test_decode_stack_keeps_annotations_apart():
 
 def test_real_sav_masklet_round_trip():
     """Real SA-V annotations (848x480 portrait video) decode and re-encode to the same counts."""
-    data = json.loads(SAV.read_text())
+    data = json.loads(SAV_MANUAL.read_text())
     rle = data["masklet"][10][0]
     mask = decode_rle(rle, expected_hw=(848, 480), where="sav")
     assert mask.sum() > 1000

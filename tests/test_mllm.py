@@ -27,7 +27,8 @@ from glus.model.mllm import (
 )
 from glus.model.vision_tower import build_vision_tower, clip_pixel_values, load_vision_tower
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from conftest import OFFICIAL_TINY
+
 IMG = -200
 
 
@@ -50,9 +51,7 @@ def _images(n: int, model: GlusMLLM, seed: int = 1) -> torch.Tensor:
 
 # ---------------------------------------------------------------- layout
 def test_state_dict_layout_matches_released_tiny_checkpoint(model):
-    keys_txt = SHARED / "reference" / "official_tiny" / "keys.txt"
-    if not keys_txt.is_file():
-        pytest.skip("shared reference folder not present")
+    keys_txt = OFFICIAL_TINY / "keys.txt"
     released = {}
     for line in keys_txt.read_text().splitlines():
         if line.startswith("#"):

@@ -1,5 +1,5 @@
 """Parity of the multimodal LLM with the authors' code on the tiny reference checkpoint
-(../shared/reference/official_tiny).
+(tests/fixtures/reference/official_tiny).
 
 For every step of every recorded run the prompt ids and frames of the official inference go through our CLIP ->
 pool -> projector -> LLaMA -> text_hidden_fcs path; the generated token, the expanded length, the logits / hidden
@@ -19,10 +19,10 @@ from glus.config import glus_7b, tiny
 from glus.model.mllm import GlusMLLM, build_mllm, is_non_weight_buffer_key
 from glus.model.vision_tower import clip_image_processor, clip_pixel_values, load_vision_tower
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REF = SHARED / "reference" / "official_tiny"
+from conftest import OFFICIAL_TINY
 
-pytestmark = pytest.mark.skipif(not (REF / "reference.json").is_file(), reason="shared reference folder not present")
+REF = OFFICIAL_TINY
+
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,9 @@ import torch
 from glus.config import GLUSConfig, glus_7b, tiny
 from glus.model.glus import GLUSModel
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_tiny"
+from conftest import OFFICIAL_TINY
+
+REF = OFFICIAL_TINY
 
 Layout = dict[str, tuple[int, ...]]
 
@@ -309,7 +311,6 @@ def test_glus_7b_parameter_counts(glus_7b_layout: Layout) -> None:
     assert llm == 6_738_415_616 + 2 * 4 * 4096 + (1024 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 256 + 256)
 
 
-@pytest.mark.skipif(not (REF / "keys.txt").is_file(), reason="shared reference folder not present")
 def test_rules_and_tiny_model_equal_the_authors_tiny_checkpoint() -> None:
     """The same rules at tiny size give the authors' tiny checkpoint's tensor list (less the 4.31 rotary buffers),
     and so does the tiny model itself, dtype included."""

@@ -16,9 +16,6 @@ from glus.prompts import (ANSWER_TEMPLATES, IGNORE_INDEX, INFERENCE_ANSWER, INFE
                           tokenizer_image_token)
 from glus.tokenizer import GLUSTokenizer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TINY = SHARED / "reference" / "official_tiny"
-needs_reference = pytest.mark.skipif(not TINY.is_dir(), reason="shared reference folder not present")
 
 SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
           "helpful, detailed, and polite answers to the human's questions.")
@@ -32,7 +29,6 @@ def _passes(reference: dict):
                 yield run["run"], expression["expression"], pass_
 
 
-@needs_reference
 def test_every_reference_step_rebuilt(reference: dict, tok: GLUSTokenizer) -> None:
     """Prompt string and input_ids of every recorded step, rebuilt from the pass's own history."""
     builder = PromptBuilder.from_config(tiny())
@@ -52,7 +48,6 @@ def test_every_reference_step_rebuilt(reference: dict, tok: GLUSTokenizer) -> No
     assert steps == 104 and 0 < failed < steps
 
 
-@needs_reference
 def test_answer_forms_match_official(reference: dict, tok: GLUSTokenizer) -> None:
     builder = PromptBuilder()
     assert builder.answer() == ANSWER_TEMPLATES[INFERENCE_ANSWER].format(seg="[SEG]")
@@ -68,7 +63,6 @@ def test_answer_forms_match_official(reference: dict, tok: GLUSTokenizer) -> Non
                 assert builder.inference_answer(True) == text.split("ASSISTANT: ")[-1].split("</s>")[0] + "."
 
 
-@needs_reference
 def test_seg_positions_match_recorded_expanded_length(reference: dict, tok: GLUSTokenizer) -> None:
     n = tiny().image_tokens_per_frame
     assert n == 64

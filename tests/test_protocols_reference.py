@@ -18,13 +18,11 @@ from glus.data.formats import load_dataset
 from glus.eval.protocols import evaluate
 from glus.eval.scoring import GroundTruthCache, ScoreOptions, score_expression
 
+from conftest import REFERENCE_NUMBERS, SAV, SPLIT_TOOL
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-REFERENCE = SHARED / "reference"
-TOOL = SHARED / "tools" / "make_sav_mevis.py"
 METHODS = ["exact", "drift", "morph", "dropout", "wrong_obj", "mixed"]
 
-pytestmark = pytest.mark.skipif(not TOOL.is_file(), reason="needs ../shared (SA-V masks and the split builder)")
 
 
 def _load_reference():
@@ -44,7 +42,7 @@ def sav_splits(tmp_path_factory) -> dict[int, Path]:
     with open(shared / "sav_splits.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         todo = [seed for seed, out in outs.items() if not (out / "done").is_file()]
-        builds = [subprocess.Popen([sys.executable, str(TOOL), str(outs[seed]), "--seed", str(seed), "--no-frames",
+        builds = [subprocess.Popen([sys.executable, str(SPLIT_TOOL), str(outs[seed]), "--seed", str(seed), "--no-frames",
                                     "--also-revos", "--also-davis17"], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE) for seed in todo]
         for seed, build in zip(todo, builds):
@@ -70,7 +68,7 @@ def _close(a: float, b: float) -> bool:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_mevis_reproduces_official_numbers(sav0, method):
-    ref = json.loads((REFERENCE / "sav_mevis_seed0_official.json").read_text())["methods"][method]
+    ref = json.loads((REFERENCE_NUMBERS / "sav_mevis_seed0_official.json").read_text())["methods"][method]
     got = evaluate("mevis", sav0 / "valid_u", sav0 / "pred" / method).summary
     for name in ("J", "F", "J&F"):
         assert _close(got[name], ref[name]), name
@@ -83,7 +81,7 @@ def test_mevis_reproduces_official_numbers(sav0, method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_davis17_visa_reproduces_official_numbers(sav0, method):
-    ref = json.loads((REFERENCE / "sav_davis17_seed0_official.json").read_text())["methods"][method]
+    ref = json.loads((REFERENCE_NUMBERS / "sav_davis17_seed0_official.json").read_text())["methods"][method]
     got = evaluate("davis17", sav0 / "davis17", sav0 / "pred" / method).summary
     assert got["protocol"] == "visa"
     for name in ("J", "F", "J&F"):
@@ -96,7 +94,7 @@ def test_davis17_visa_reproduces_official_numbers(sav0, method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_revos_reproduces_official_numbers(sav0, method):
-    ref = json.loads((REFERENCE / "sav_revos_seed0_official.json").read_text())["methods"][method]
+    ref = json.loads((REFERENCE_NUMBERS / "sav_revos_seed0_official.json").read_text())["methods"][method]
     got = evaluate("revos", sav0 / "revos", sav0 / "pred" / method).summary
     for group in ("referring", "reason", "overall"):
         for name in ("J", "F", "A", "R", "JF"):
@@ -171,7 +169,7 @@ def test_revos_through_the_cli(sav0, tmp_path, capsys):
                    str(sav0 / "pred" / "mixed"), "--output", str(out), "--workers", "2", "--per-frame"])
     assert rc == 0
     result = json.loads(out.read_text())
-    ref = json.loads((REFERENCE / "sav_revos_seed0_official.json").read_text())["methods"]["mixed"]
+    ref = json.loads((REFERENCE_NUMBERS / "sav_revos_seed0_official.json").read_text())["methods"]["mixed"]
     assert _close(result["official"]["overall"]["JF"], ref["overall"]["JF"])
     header = (tmp_path / "revos.csv").read_text().splitlines()[0]
     assert header == "expression,video,exp_id,type_id,J,F,J&F,A,R,missing"
@@ -187,7 +185,7 @@ def _davis_split(root: Path) -> tuple[Path, Path]:
     from pycocotools import mask as cocomask
     from PIL import Image
 
-    data = json.loads((SHARED / "data" / "sav_000001" / "sav_000001_manual.json").read_text())
+    data = json.loads((SAV / "sav_000001_manual.json").read_text())
     keep = list(range(0, 120, 15))
     frames = [f"{t:05d}" for t in keep]
     objects = np.stack([[cocomask.decode({"size": data["masklet"][t][k]["size"],
@@ -269,7 +267,6 @@ def _plain_davis_unsupervised(root: Path, pred: Path, annotator: int) -> tuple[f
     return float(np.mean(j_means)), float(np.mean(f_means))
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "sav_000001").is_dir(), reason="needs the SA-V masks in ../shared")
 def test_davis17_referformer_protocol_matches_plain_toolkit(tmp_path):
     root, pred = _davis_split(tmp_path / "davis")
     result = evaluate("davis17", root, pred, protocol="referformer", workers=2)

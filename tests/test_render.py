@@ -17,8 +17,8 @@ from glus.inference.render import (
     render_overlays,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-BEDROOM = SHARED / "data" / "bedroom"
+from conftest import BEDROOM
+
 H, W = 96, 160
 EXPRESSIONS = ["the girl jumping on the bed", "the lamp"]
 

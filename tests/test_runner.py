@@ -1,6 +1,6 @@
 """``glus infer`` (glus.inference.runner): layout read by ``glus evaluate``, sharding, key frames, input errors.
 
-The model is the authors' tiny checkpoint (../shared/reference/official_tiny; its rigged ``lm_head`` always
+The model is the authors' tiny checkpoint (tests/fixtures/reference/official_tiny; its rigged ``lm_head`` always
 says ``[SEG]``, so masks are non-trivial) with its SAM-2 yaml at a 128-pixel input instead of 1024, which
 makes a frame cost milliseconds on CPU. The data are synthetic MeViS splits.
 """

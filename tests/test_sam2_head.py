@@ -19,8 +19,9 @@ from glus.model.sam2_head import IMAGE_MEAN, IMAGE_STD, Sam2Head, preprocess_fra
 from glus.model.sam2_keys import Sam2KeyMap, apply_fuser_gamma_compat
 from glus.model.sam2_yaml import sam2_config_from_mapping, sam2_config_from_yaml
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_tiny"
-needs_ref = pytest.mark.skipif(not (REF / "keys.txt").is_file(), reason="shared/reference not available")
+from conftest import OFFICIAL_TINY
+
+REF = OFFICIAL_TINY
 
 
 # ---- expected Meta layout, derived from SAM2Base's architecture ------------------------------------------------
@@ -29,7 +30,6 @@ needs_ref = pytest.mark.skipif(not (REF / "keys.txt").is_file(), reason="shared/
 
 
 # ---- yaml -> Sam2Config ----------------------------------------------------------------------------------------
-@needs_ref
 def test_tiny_yaml_gives_tiny_preset() -> None:
     assert sam2_config_from_yaml(REF / "sam2_tiny.yaml") == tiny().sam2
 
@@ -57,12 +57,10 @@ def _hiera_l_doc() -> dict:
     return doc
 
 
-@needs_ref
 def test_hiera_l_yaml_gives_glus_7b_preset() -> None:
     assert sam2_config_from_mapping(_hiera_l_doc()) == glus_7b().sam2
 
 
-@needs_ref
 def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(GlusError, match="missing.yaml"):
         sam2_config_from_yaml(tmp_path / "missing.yaml")
@@ -85,7 +83,6 @@ def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
         sam2_config_from_yaml(tmp_path / "broken.yaml")
 
 
-@needs_ref
 def test_yaml_reads_string_floats() -> None:
     # PyYAML reads Meta's "1e-6" as a string; the reader converts it.
     doc = yaml.safe_load((REF / "sam2_tiny.yaml").read_text())
@@ -97,8 +94,6 @@ def test_yaml_reads_string_floats() -> None:
 # ---- loading, saving, key mapping --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def meta_sd() -> dict[str, torch.Tensor]:
-    if not (REF / "sam2_tiny.pt").is_file():
-        pytest.skip("shared/reference not available")
     return torch.load(REF / "sam2_tiny.pt", map_location="cpu", weights_only=True)["model"]
 
 

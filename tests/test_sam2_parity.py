@@ -20,9 +20,10 @@ from glus.config import tiny
 from glus.model.memory_bank import MemoryBank, memory_steps
 from glus.model.sam2_head import Sam2Head, Sam2ImageFeatures, preprocess_frame
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_tiny"
+from conftest import OFFICIAL_TINY
+
+REF = OFFICIAL_TINY
 STRIDE = 3  # inference_iter.py --mem_stride default
-pytestmark = pytest.mark.skipif(not (REF / "reference.json").is_file(), reason="shared/reference not available")
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ import pytest
 from glus.data.sampling import (TrainingFrames, inference_context_frames, min_training_frames, query_window,
                                 sample_training_frames, segment_bounds)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TINY = SHARED / "reference" / "official_tiny"
+from conftest import OFFICIAL_TINY
+
+TINY = OFFICIAL_TINY
 
 
 def _official_context_frames(frame_num: int, k: int) -> list[int]:
@@ -31,7 +32,6 @@ def test_ten_frames_gives_reference_context() -> None:
     assert inference_context_frames(10, 4) == [1, 3, 6, 8]
 
 
-@pytest.mark.skipif(not TINY.is_dir(), reason="shared reference folder not present")
 def test_reference_passes_context_and_windows() -> None:
     reference = json.loads((TINY / "reference.json").read_text())
     checked = 0

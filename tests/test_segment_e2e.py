@@ -1,4 +1,4 @@
-"""End to end on real frames: `glus segment` on an mp4 made from ../shared/data/bedroom, and its bad-input errors."""
+"""End to end on real frames: `glus segment` on an mp4 made from the bedroom frames (tests/fixtures), and its bad-input errors."""
 
 from __future__ import annotations
 
@@ -13,15 +13,12 @@ from glus.cli import main
 from glus.data.masks import read_mask_png
 from glus.data.synthetic import encode_mp4
 
-from conftest import SHARED
+from conftest import BEDROOM
 
 
 @pytest.fixture(scope="module")
 def bedroom_mp4(tmp_path_factory):
-    folder = SHARED / "data" / "bedroom"
-    if not folder.is_dir():
-        pytest.skip("../shared/data/bedroom is not available")
-    files = sorted(folder.glob("*.jpg"))[:12]
+    files = sorted(BEDROOM.glob("*.jpg"))[:12]
     frames = np.stack([np.asarray(Image.open(f).convert("RGB").resize((320, 180))) for f in files])
     return encode_mp4(tmp_path_factory.mktemp("video") / "bedroom.mp4", frames, fps=10)
 

@@ -11,10 +11,10 @@ import pytest
 from glus.errors import GlusError
 from glus.tokenizer import GLUSTokenizer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TINY = SHARED / "reference" / "official_tiny"
+from conftest import OFFICIAL_TINY
 
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="shared reference folder not present")
+TINY = OFFICIAL_TINY
+
 
 
 def test_special_token_ids_pinned(tok: GLUSTokenizer, reference: dict) -> None:

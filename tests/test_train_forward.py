@@ -29,8 +29,9 @@ from glus.model.vision_tower import build_vision_tower, clip_pixel_values
 from glus.prompts import PromptBuilder, encode_training_conversation
 from glus.tokenizer import GLUSTokenizer
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_tiny"
-pytestmark = pytest.mark.skipif(not (REF / "tokenizer.model").is_file(), reason="shared reference folder not present")
+from conftest import OFFICIAL_TINY
+
+REF = OFFICIAL_TINY
 
 TERMS = {"ce", "bce", "dice", "contrastive", "total"}
 # (video seed, expression indices): two phrasings of one object (each other's contrastive positives) and others

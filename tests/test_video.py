@@ -18,8 +18,8 @@ from glus.data import video as video_mod
 from glus.data.video import natural_key, open_video, to_rgb_uint8
 from glus.errors import GlusError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-BEDROOM = SHARED / "data" / "bedroom"
+from conftest import BEDROOM
+
 N_FRAMES = 24
 SIZE = (90, 160)  # H, W: bedroom (540x960) downscaled 6x, even so yuv420p needs no padding
 FPS = 25
@@ -56,7 +56,7 @@ def encode(path: Path, frames: list[np.ndarray], fps: int = FPS, codec: str | No
 @pytest.fixture(scope="module")
 def frames() -> list[np.ndarray]:
     files = sorted(BEDROOM.glob("*.jpg"))[:N_FRAMES]
-    assert len(files) == N_FRAMES, f"missing shared frames in {BEDROOM}"
+    assert len(files) == N_FRAMES, f"missing fixture frames in {BEDROOM}"
     out = []
     for f in files:
         with Image.open(f) as im:

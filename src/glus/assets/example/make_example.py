@@ -1,7 +1,7 @@
 """Rebuild the packaged example split (``valid_u/``) and its predictions (``pred/``) from SA-V masks.
 
 Source: the five manual masklets of SA-V video ``sav_000001`` (CC BY 4.0, Meta; shipped in the glus project's
-``shared/data/sav_000001``). The example keeps every 5th annotated frame (25 of 121, full 480x848 resolution)
+``tests/fixtures/data/sav_000001``). The example keeps every 5th annotated frame (25 of 121, full 480x848 resolution)
 and three expressions: masklet 1, masklet 2, and the union of masklets 0 and 3, stored as MeViS stores them
 (``meta_expressions.json`` + ``mask_dict.json`` with COCO RLE, ``null`` where an object is absent).
 The predictions are deterministic corruptions of the ground truth, as a segmentation model would err:
