@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from glus.config import GLUSConfig
-from glus.model.losses import (GLUSLossWeights, ObjectContrastiveLoss, SegEntryMeta, combine_losses, mask_losses,
-                               object_set_key)
+from glus.model.losses import (ContrastiveResult, GLUSLossWeights, ObjectContrastiveLoss, SegEntryMeta,
+                               combine_losses, mask_losses, object_set_key)
 from glus.model.memory_bank import MemoryBank
 from glus.model.mllm import IGNORE_INDEX, GlusMLLM, positions_predicting
 from glus.model.sam2_head import Sam2DecodeOutput, Sam2Head, Sam2ImageFeatures
@@ -81,6 +81,23 @@ class TrainingSample:
     objects: list[Sequence[int | str]] = field(default_factory=list)
     frames: list[str] = field(default_factory=list)
     dataset: str = "mevis"
+
+
+@dataclass
+class TrainForward:
+    """What one training forward computed.
+
+    Attributes:
+        losses: ``{"ce", "bce", "dice", "contrastive", "total"}``, weighted (:func:`combine_losses`).
+        seg_embeddings: per sample, ``[E, Q, prompt_dim]`` the ``[SEG]`` prompts (expression, query frame).
+        mask_logits: per sample, ``[E, Q, H, W]`` the predicted logits at the frames' original size.
+        contrastive: the contrastive loss's result (``None`` when the term is off).
+    """
+
+    losses: dict[str, torch.Tensor]
+    seg_embeddings: list[torch.Tensor]
+    mask_logits: list[torch.Tensor]
+    contrastive: ContrastiveResult | None = None
 
 
 class GLUSModel(GlusMLLM):
@@ -147,7 +164,18 @@ class GLUSModel(GlusMLLM):
     def forward_train(self, samples: Sequence[TrainingSample], contrastive: ObjectContrastiveLoss | None = None,
                       weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
                       memory_grad: bool = False) -> dict[str, torch.Tensor]:
-        """Named loss terms of one batch (spec section 5).
+        """Named loss terms of one batch (spec section 5): :meth:`forward_train_outputs` without the tensors.
+
+        Returns:
+            ``{"ce", "bce", "dice", "contrastive", "total"}`` (weighted, as :func:`combine_losses`).
+        """
+        return self.forward_train_outputs(samples, contrastive, weights, ce_on, memory_grad).losses
+
+    def forward_train_outputs(self, samples: Sequence[TrainingSample],
+                              contrastive: ObjectContrastiveLoss | None = None,
+                              weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
+                              memory_grad: bool = False) -> TrainForward:
+        """Loss terms of one batch and what they were computed from (spec section 5).
 
         Args:
             contrastive: the trainer's contrastive loss (with its FIFO bank); ``None`` turns the term off.
@@ -156,7 +184,8 @@ class GLUSModel(GlusMLLM):
             memory_grad: let gradients flow through the memory attention (released: no).
 
         Returns:
-            ``{"ce", "bce", "dice", "contrastive", "total"}`` (weighted, as :func:`combine_losses`).
+            :class:`TrainForward`: the weighted terms, per sample the ``[SEG]`` embeddings ``[E, Q, D]`` and mask
+            logits ``[E, Q, H, W]``, and the contrastive result.
         """
         if ce_on not in ("seg", "assistant"):
             raise ValueError(f"ce_on must be 'seg' or 'assistant', got {ce_on!r}")
@@ -177,10 +206,12 @@ class GLUSModel(GlusMLLM):
         seg_positions = positions_predicting(rows, inputs, seg_id)
         seg_embeddings = [self.seg_embedding(out.hidden_states[r, pos]) for r, pos in enumerate(seg_positions)]
         preds, gts, anchors, metas = [], [], [], []
+        per_sample_seg, per_sample_logits = [], []
         row = 0
         for sample in samples:
             num_expr, num_query = sample.masks.shape[:2]
             sample_seg = torch.stack([seg_embeddings[row + e][-num_query:] for e in range(num_expr)])  # [E, Q, D]
+            per_sample_seg.append(sample_seg)
             row += num_expr
             size = tuple(sample.masks.shape[-2:])
             features = self.sam2.encode_image(sample.sam_pixels.to(self.device, self.sam2.no_mem_embed.dtype))
@@ -190,6 +221,7 @@ class GLUSModel(GlusMLLM):
                                        self.config.mem_stride_train, size, memory_grad=memory_grad)
                 preds.append(res.logits[:, 0])
                 gts.append(sample.masks[:, j].to(res.logits.device, res.logits.dtype))
+            per_sample_logits.append(torch.stack(preds[-num_query:], dim=1))  # [E, Q, H, W]
             for e in range(num_expr):
                 for j in range(num_query):
                     anchors.append(sample_seg[e, j])
@@ -197,11 +229,11 @@ class GLUSModel(GlusMLLM):
                                               object_set_key(sample.objects[e]) if sample.objects else str(e),
                                               sample.frames[j] if sample.frames else str(j), sample.dataset))
         bce, dice = mask_losses(preds, gts)
-        con = None
+        con, result = None, None
         if contrastive is not None and anchors:
             result = contrastive(torch.stack(anchors), metas)
             con = None if result.skipped else result.loss
-        return combine_losses(ce, bce, dice, con, weights)
+        return TrainForward(combine_losses(ce, bce, dice, con, weights), per_sample_seg, per_sample_logits, result)
 
     @staticmethod
     def _ce_loss(logits: torch.Tensor, labels: torch.Tensor, only_token: int | None) -> torch.Tensor:

@@ -34,7 +34,7 @@ import dataclasses
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,7 @@ __all__ = [
     "SegEmbeddingBank",
     "ContrastiveConfig",
     "ContrastiveResult",
+    "ContrastiveSampler",
     "object_contrastive_loss",
     "ObjectContrastiveLoss",
 ]
@@ -344,6 +345,11 @@ class ContrastiveConfig:
     min_anchors: int = 2
 
 
+#: ``sampler(anchor_row, positive_bank_indices, negative_bank_indices) -> (positive, negatives)``: see
+#: :func:`object_contrastive_loss`.
+ContrastiveSampler = Callable[[int, list[int], list[int]], tuple[int, Sequence[int]]]
+
+
 @dataclass
 class ContrastiveResult:
     """Outcome of one contrastive-loss evaluation.
@@ -391,6 +397,7 @@ def object_contrastive_loss(
     bank: SegEmbeddingBank,
     config: ContrastiveConfig | None = None,
     generator: torch.Generator | None = None,
+    sampler: ContrastiveSampler | None = None,
 ) -> ContrastiveResult:
     """InfoNCE of ``[SEG]`` embeddings against a bank of past ones; pushes the batch into ``bank``.
 
@@ -404,6 +411,9 @@ def object_contrastive_loss(
         config: settings (``None``: :class:`ContrastiveConfig` defaults, the released behaviour).
         generator: CPU generator for the draws (the positive among several, the negatives); ``None`` uses the
             global one.
+        sampler: replaces the random draws: called as ``sampler(row, positives, negatives)`` for every anchor
+            that has a positive and enough negatives, it returns ``(positive, negatives)`` as bank indices
+            (replaying a recorded run, whose draws came from another random generator).
 
     Returns:
         :class:`ContrastiveResult`. Gradients reach ``anchors`` only: bank entries are detached.
@@ -425,10 +435,14 @@ def object_contrastive_loss(
         positives, negatives = _candidates(meta, bank_metas, config.negatives_exclude_same_objects)
         if not positives or len(negatives) < config.num_negatives:
             continue
-        # Draw order of the released code: the negatives first, then the positive.
-        neg = torch.randint(len(negatives), (config.num_negatives,), generator=generator, device="cpu")
-        pos = torch.randint(len(positives), (1,), generator=generator, device="cpu")
-        index_rows.append(torch.cat([torch.tensor(positives)[pos], torch.tensor(negatives)[neg]]))
+        if sampler is not None:
+            positive, drawn = sampler(row, positives, negatives)
+            index_rows.append(torch.tensor([int(positive), *(int(i) for i in drawn)], dtype=torch.long))
+        else:
+            # Draw order of the released code: the negatives first, then the positive.
+            neg = torch.randint(len(negatives), (config.num_negatives,), generator=generator, device="cpu")
+            pos = torch.randint(len(positives), (1,), generator=generator, device="cpu")
+            index_rows.append(torch.cat([torch.tensor(positives)[pos], torch.tensor(negatives)[neg]]))
         rows.append(row)
 
     dtype = _compute_dtype(anchors.dtype)
@@ -458,14 +472,16 @@ def object_contrastive_loss(
 class ObjectContrastiveLoss:
     """The trainer's contrastive-loss state: config, bank and random generator, saved together for resume."""
 
-    def __init__(self, config: ContrastiveConfig | None = None, seed: int = 0) -> None:
+    def __init__(self, config: ContrastiveConfig | None = None, seed: int = 0,
+                 sampler: ContrastiveSampler | None = None) -> None:
         self.config = config if config is not None else ContrastiveConfig()
         self.bank = SegEmbeddingBank(self.config.bank_size)
         self.generator = torch.Generator().manual_seed(seed)
+        self.sampler = sampler  # None: draw from ``generator`` (see object_contrastive_loss)
 
     def __call__(self, anchors: torch.Tensor, metas: Sequence[SegEntryMeta]) -> ContrastiveResult:
         """See :func:`object_contrastive_loss`; ``anchors`` is ``[A, D]``."""
-        result = object_contrastive_loss(anchors, metas, self.bank, self.config, self.generator)
+        result = object_contrastive_loss(anchors, metas, self.bank, self.config, self.generator, self.sampler)
         if result.skipped:
             logger.debug(
                 "contrastive loss skipped: %d anchor(s) contributed, bank holds %d", result.num_anchors, len(self.bank)
