@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from glus.config import GLUSConfig, TextConfig, VisionConfig, glus_7b
+from glus.config import GLUSConfig, Sam2Config, TextConfig, VisionConfig, glus_7b
 from glus.errors import GlusError
 from glus.fileio import atomic_write_json, read_json_object
 from glus.model.checkpoint_io import (describe_key_mismatch, drop_non_weights, load_state_dict, resolve_checkpoint,
@@ -69,10 +69,13 @@ def _read_json(path: Path) -> dict:
     return read_json_object(path, "config.json")
 
 
-def sam2_config_from_arg(sam2_config: str | Path | None):
-    """A :class:`~glus.config.Sam2Config` from a Meta yaml path, or Hiera-L for ``None`` / its names."""
+def sam2_config_from_arg(sam2_config: str | Path | Sam2Config | None) -> Sam2Config:
+    """A :class:`~glus.config.Sam2Config` from a Meta yaml path, or Hiera-L for ``None`` / its names; a
+    :class:`~glus.config.Sam2Config` is taken as it is (e.g. a yaml's config with the dropout changed)."""
     from glus.model.sam2_yaml import sam2_config_from_yaml
 
+    if isinstance(sam2_config, Sam2Config):
+        return sam2_config
     if sam2_config is None or str(sam2_config).lower() in BUILTIN_SAM2 and not Path(str(sam2_config)).is_file():
         return glus_7b().sam2
     path = Path(sam2_config)
@@ -87,7 +90,7 @@ def _resolve_tower_path(name: str, folder: Path) -> str:
     return str(local) if name and local.is_dir() else name
 
 
-def released_config(folder: Path, tower: ClipVisionTower, sam2_config: str | Path | None) -> GLUSConfig:
+def released_config(folder: Path, tower: ClipVisionTower, sam2_config: str | Path | Sam2Config | None) -> GLUSConfig:
     """GLUSConfig of a released checkpoint from its ``config.json``, the CLIP tower and the SAM-2 yaml."""
     raw = _read_json(folder / "config.json")
     try:
@@ -194,7 +197,7 @@ def load_weights(model: GLUSModel, state: dict[str, torch.Tensor], compat: Compa
 
 
 def from_pretrained(path_or_id: str | Path, *, vision_tower: str | Path | None = None,
-                    sam2_config: str | Path | None = None, compat: Compat | None = None,
+                    sam2_config: str | Path | Sam2Config | None = None, compat: Compat | None = None,
                     dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
                     attn_implementation: str = "sdpa", load_in_bits: int | None = None) -> GLUSModel:
     """Load a GLUS model from a released checkpoint or glus's own format (see the module docstring).
@@ -203,7 +206,7 @@ def from_pretrained(path_or_id: str | Path, *, vision_tower: str | Path | None =
         path_or_id: a local folder or a hub id (downloaded through huggingface_hub where a network exists).
         vision_tower: CLIP folder or id (released layout only; default: the one the config names, looked up
             beside the checkpoint first).
-        sam2_config: Meta SAM-2 yaml (released layout only; default Hiera-L).
+        sam2_config: Meta SAM-2 yaml or a ``Sam2Config`` (released layout only; default Hiera-L).
         compat: fuser gamma handling for released checkpoints (default ``"official"``); a glus-format folder
             stores the values in effect when it was written, so only ``"stored"`` applies there.
         dtype, device: where the model lives.
