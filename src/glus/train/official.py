@@ -35,6 +35,7 @@ from glus.model.losses import ContrastiveConfig, GLUSLossWeights, ObjectContrast
 from glus.model.mllm import apply_lora
 from glus.model.sam2_head import preprocess_frame
 from glus.model.vision_tower import clip_pixel_values
+from glus.train.schedule import WarmupDecay, warmup_decay_scheduler
 from glus.train.step import StepSettings, adamw, released_parameter_names, train_step
 
 logger = logging.getLogger(__name__)
@@ -305,10 +306,10 @@ class OfficialTrainStep:
 
         ds = rec["deepspeed"]
         opt = ds["basic_optimizer_defaults"]
-        lr = float(rec["optimizer_step"]["lr_used"][0])
         ordered = [params[k] for k in sorted(trainable)]
-        optimizer = adamw(ordered, lr=lr, betas=tuple(opt["betas"]), eps=float(opt["eps"]),
+        optimizer = adamw(ordered, lr=float(opt["lr"]), betas=tuple(opt["betas"]), eps=float(opt["eps"]),
                           weight_decay=float(opt["weight_decay"]))
+        scheduler = warmup_decay_scheduler(optimizer, self.schedule())
         before = {k: params[k].detach().clone() for k in trainable}
         weights = GLUSLossWeights(**{k: float(v) for k, v in rec["loss_weights"].items()})
         settings = StepSettings(weights=weights, grad_clip=float(ds["gradient_clipping"]))
@@ -320,8 +321,14 @@ class OfficialTrainStep:
                 grads[k] = None if grad is None else grad.detach().clone()
 
         contrastive = self.contrastive(name, base.config.prompt_dim)
-        result = train_step(model, [samples], optimizer, contrastive=contrastive, settings=settings,
+        result = train_step(model, [samples], optimizer, scheduler, contrastive=contrastive, settings=settings,
                             on_gradients=keep_gradients)
+        step = rec["optimizer_step"]
+        lrs = (result.lr, float(optimizer.param_groups[0]["lr"]))
+        out.sets["lr_schedule"] = lrs == (float(step["lr_used"][0]), float(step["lr_after_step"][0]))
+        if not out.sets["lr_schedule"]:
+            out.notes.append(f"lr of step 1 / after it: {lrs} in glus, {step['lr_used'][0]} / "
+                             f"{step['lr_after_step'][0]} in the record")
         self._compare_losses(out, rec, result.outputs)
         self._compare_tensors(out, name, result.outputs)
         self._compare_gradients(out, rec, grads, result.grad_norm)
@@ -332,6 +339,15 @@ class OfficialTrainStep:
         out.deviations["update_norms"], out.worst["update_norms"] = _worst(
             {k: _scalar_deviation(updates.get(k, 0.0), float(v["l2"]), _NORM_FLOOR) for k, v in compared.items()})
         return out
+
+    def schedule(self) -> WarmupDecay:
+        """The recorded run's lr schedule (its DeepSpeed ``WarmupDecayLR`` parameters)."""
+        params = self.record.get("ds_config", {}).get("scheduler", {}).get("params", {})
+        if params.get("warmup_type", "linear") != "linear":
+            raise GlusError(f"warm-up type {params.get('warmup_type')!r}: glus implements the linear one",
+                            self.folder / "train_step")
+        return WarmupDecay(total_steps=int(params.get("total_num_steps", 1)),
+                           warmup_steps=int(params.get("warmup_num_steps", 0)))
 
     @staticmethod
     def _noise_floor(rec: Mapping) -> float:
