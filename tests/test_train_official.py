@@ -67,3 +67,16 @@ def test_authors_first_steps_learning_rates() -> None:
     assert authors.factor(1551) == pytest.approx((3000 - 1549) / 2900)
     fixed = WarmupDecay(total_steps=3000, warmup_steps=100, first_step_at_peak=False)
     assert [fixed.factor(s) for s in (1, 2, 101)] == [0.0, 0.01, 1.0]
+
+
+def test_cli_check_official_prints_a_table_and_writes_json(tmp_path: Path, capsys) -> None:
+    from glus.cli import main
+
+    out = tmp_path / "check.json"
+    assert main(["train", "check-official", str(OFFICIAL_TINY), "--record", "step0", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "step0" in printed and "pass" in printed
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["records"]] == ["step0"] and report["records"][0]["passed"]
+    assert main(["train", "check-official", str(tmp_path), "--record", "step0"]) == 2  # no train_step/ there
+    assert "train_step" in capsys.readouterr().err

@@ -154,6 +154,15 @@ def add_infer(sub: argparse._SubParsersAction) -> None:
 COMMANDS.append(add_infer)
 
 
+def add_train(sub: argparse._SubParsersAction) -> None:
+    from glus.commands.train import register
+
+    register(sub)
+
+
+COMMANDS.append(add_train)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -54,7 +54,7 @@ _NORM_FLOOR = 1e-9
 # arithmetic and float noise in fp32 (SAM-2's attention key biases: softmax ignores a shift of every key). Its norm
 # is compared against that floor instead of against itself, and its update (Adam turns noise into lr-sized steps
 # in random directions) is not compared; the zero / no-gradient sets still check it exactly.
-_GRAD_NOISE_FRACTION = 1e-5
+_GRAD_NOISE_FRACTION = 1e-4
 # The recorded loss names -> glus's weighted terms.
 _LOSS_NAMES = {"loss": ("total",), "ce_loss": ("ce",), "mask_bce_loss": ("bce",), "mask_dice_loss": ("dice",),
                "mask_loss": ("bce", "dice"), "contrastive_loss": ("contrastive",)}
