@@ -14,8 +14,9 @@ DeepSpeed step (``glus.train.official``). What the authors' DeepSpeed engine doe
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import torch
 from torch import nn
@@ -35,12 +36,14 @@ class StepSettings:
         ce_on: ``"seg"`` (released: cross-entropy only at ``[SEG]`` targets) or ``"assistant"`` (every answer token,
             as the paper describes).
         memory_grad: let gradients flow through SAM-2's memory attention (released: no, it runs under no_grad).
+        memory_bank: decode query frames through the memory bank (``False``: the "no memory bank" ablation).
         grad_clip: global gradient-norm limit (``None``: no clipping).
     """
 
     weights: GLUSLossWeights = field(default_factory=GLUSLossWeights)
     ce_on: str = "seg"
     memory_grad: bool = False
+    memory_bank: bool = True
     grad_clip: float | None = 1.0
 
 
@@ -90,7 +93,9 @@ def adamw(parameters: Sequence[nn.Parameter], lr: float = 3e-4, betas: tuple[flo
 def train_step(model: GLUSModel, micro_batches: Sequence[Sequence[TrainingSample]], optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *,
                contrastive: ObjectContrastiveLoss | None = None, settings: StepSettings = StepSettings(),
-               on_gradients: Callable[[], None] | None = None) -> StepResult:
+               on_gradients: Callable[[], None] | None = None,
+               no_sync: Callable[[], ContextManager] | None = None,
+               autocast: Callable[[], ContextManager] | None = None) -> StepResult:
     """Run one optimizer step over ``micro_batches`` (see the module docstring).
 
     Args:
@@ -99,6 +104,8 @@ def train_step(model: GLUSModel, micro_batches: Sequence[Sequence[TrainingSample
         optimizer, scheduler: stepped once each (the scheduler after the optimizer).
         contrastive: the contrastive loss and its bank (``None``: the term is off).
         on_gradients: called after the backward passes, before clipping (to inspect ``.grad``).
+        no_sync: DDP's ``no_sync``: entered for every micro-batch but the last, so gradients are all-reduced once.
+        autocast: the forward's autocast context (bf16 on CUDA), ``None`` for none.
 
     Raises:
         FloatingPointError: the loss is not finite (nothing is stepped).
@@ -109,14 +116,17 @@ def train_step(model: GLUSModel, micro_batches: Sequence[Sequence[TrainingSample
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
     outputs: TrainForward | None = None
-    for batch in micro_batches:
-        outputs = model.forward_train_outputs(batch, contrastive, settings.weights, settings.ce_on,
-                                              settings.memory_grad)
-        total = outputs.losses["total"]
-        if not torch.isfinite(total):
-            optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(f"the training loss is {float(total)}: not stepping")
-        (total / len(micro_batches)).backward()
+    for index, batch in enumerate(micro_batches):
+        last = index == len(micro_batches) - 1
+        with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
+            with (autocast() if autocast is not None else contextlib.nullcontext()):
+                outputs = model.forward_train_outputs(batch, contrastive, settings.weights, settings.ce_on,
+                                                      settings.memory_grad, settings.memory_bank)
+            total = outputs.losses["total"]
+            if not torch.isfinite(total):
+                optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(f"the training loss is {float(total)}: not stepping")
+            (total / len(micro_batches)).backward()
         for key, value in outputs.losses.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach()) / len(micro_batches)
     if on_gradients is not None:

@@ -1,0 +1,236 @@
+"""``glus train`` settings: one typed dataclass, read from YAML and ``key=value`` overrides, checked up front.
+
+Defaults are the authors' GLUS-S recipe (spec section 5) except where a CPU run needs otherwise (``num_workers``).
+The model starts either from a checkpoint (``model:``, released layout or glus format, tokenizer inside) or from
+a preset with random weights (``preset: tiny`` + ``tokenizer:``, a folder with ``tokenizer.model``).
+
+Ablations of the paper are switches: ``context_frames: 0`` (local only: no global context), ``query_frames: 1``
+(global only: one query frame, no stream), ``memory_bank: false`` (every query frame decoded without memories),
+``contrastive: false``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from glus.errors import GlusError
+
+__all__ = ["DATA_PRESETS", "DataSource", "TrainConfig", "load_train_config", "parse_data_source"]
+
+#: Dataset mixes of the released models: (format name, sampling rate).
+DATA_PRESETS: dict[str, tuple[tuple[str, float], ...]] = {
+    "glus-s": (("mevis", 1.0), ("refytvos", 1.0)),
+    "glus-a": (("mevis", 40.0), ("refytvos", 150.0), ("davis17", 4.0), ("revos", 30.0), ("lvvis", 30.0)),
+}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One dataset of the training mix: its format, folder (as :func:`glus.data.formats.load_dataset` takes it),
+    split and sampling rate (relative to the other sources')."""
+
+    name: str
+    path: str
+    rate: float = 1.0
+    split: str | None = None
+
+
+def parse_data_source(text: str) -> DataSource:
+    """``NAME=PATH[:RATE]`` (e.g. ``mevis=/data/mevis/train:40``) -> :class:`DataSource`; the split is the
+    folder's (``train``)."""
+    from glus.data.formats import DATASET_NAMES
+
+    name, sep, rest = text.partition("=")
+    if not sep or not rest:
+        raise GlusError(f"data source {text!r}: write NAME=PATH[:RATE], e.g. mevis=data/mevis/train:1")
+    name = name.strip().lower()
+    if name not in DATASET_NAMES:
+        raise GlusError(f"data source {text!r}: unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    path, rate = rest, 1.0
+    head, colon, tail = rest.rpartition(":")
+    if colon and head:
+        try:
+            path, rate = head, float(tail)
+        except ValueError:
+            path, rate = rest, 1.0  # a colon inside the path (Windows drive, URL-like): no rate given
+    if not rate > 0:
+        raise GlusError(f"data source {text!r}: the rate must be > 0")
+    return DataSource(name, path, rate)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (see the module docstring). Paths are strings, as YAML holds them."""
+
+    out: str = ""
+    # model
+    model: str | None = None
+    preset: str | None = None
+    tokenizer: str | None = None
+    vision_tower: str | None = None
+    sam2_config: str | None = None
+    compat: str = "stored"
+    sam2_image_size: int | None = None  # a smaller SAM-2 input than the model's (tiny CPU runs)
+    mem_attn_dropout: float | None = None  # None: the model's (the authors': 0.1)
+    # data
+    data: list[str] = field(default_factory=list)  # NAME=PATH[:RATE] entries
+    data_preset: str | None = None  # glus-s / glus-a: rates of DATA_PRESETS, folders from data_root
+    data_root: str | None = None  # holds <name>/ folders for data_preset
+    context_frames: int = 4
+    query_frames: int = 4
+    max_expressions: int = 3
+    # optimisation
+    steps: int = 3000
+    warmup_steps: int = 100
+    first_step_at_peak: bool = True  # DeepSpeed 0.15.1's first step at the peak lr (the authors' runs)
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    batch_size: int = 2  # samples per process and micro-batch
+    grad_accumulation: int = 10
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    ce_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    contrastive_weight: float = 0.1
+    contrastive: bool = True
+    memory_bank: bool = True
+    ce_on: str = "seg"
+    memory_grad: bool = False
+    gradient_checkpointing: bool = False
+    # running
+    device: str = "cpu"
+    dtype: str = "fp32"  # bf16: autocast on CUDA, fp32 master weights
+    seed: int = 0
+    num_workers: int = 0
+    save_every: int = 500
+    keep_last: int = 3
+    log_every: int = 1
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> "TrainConfig":
+        """One-line errors for settings that cannot work, before anything heavy happens."""
+        if not self.out:
+            raise GlusError("out: give the run folder (checkpoints, logs and the final model go there)")
+        if (self.model is None) == (self.preset is None):
+            raise GlusError("give exactly one of model (a checkpoint to start from) and preset (random weights)")
+        if self.preset is not None and self.tokenizer is None:
+            raise GlusError("preset needs tokenizer: a folder with tokenizer.model and the [SEG] token")
+        if self.compat not in ("official", "stored"):
+            raise GlusError(f"compat must be official or stored, got {self.compat!r}")
+        if self.ce_on not in ("seg", "assistant"):
+            raise GlusError(f"ce_on must be seg or assistant, got {self.ce_on!r}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise GlusError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accumulation": self.grad_accumulation,
+                    "query_frames": self.query_frames, "max_expressions": self.max_expressions,
+                    "save_every": self.save_every, "keep_last": self.keep_last, "log_every": self.log_every,
+                    "lora_r": self.lora_r}
+        for key, value in positive.items():
+            if value < 1:
+                raise GlusError(f"{key} must be >= 1, got {value}")
+        for key in ("context_frames", "warmup_steps", "num_workers"):
+            if getattr(self, key) < 0:
+                raise GlusError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise GlusError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.lora_dropout < 1:
+            raise GlusError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.data_preset is not None:
+            if self.data_preset not in DATA_PRESETS:
+                raise GlusError(f"data_preset must be one of {', '.join(DATA_PRESETS)}, got {self.data_preset!r}")
+            if self.data_root is None:
+                raise GlusError("data_preset needs data_root: the folder holding mevis/, refytvos/, ...")
+        if not self.sources():
+            raise GlusError("no training data: give data (NAME=PATH[:RATE]) or data_preset with data_root")
+        return self
+
+    def sources(self) -> list[DataSource]:
+        """The training mix: ``data`` entries, then the preset's datasets under ``data_root``."""
+        out = [parse_data_source(text) for text in self.data]
+        if self.data_preset is not None and self.data_root is not None:
+            out += [DataSource(name, str(Path(self.data_root) / name), rate, "train")
+                    for name, rate in DATA_PRESETS[self.data_preset]]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], where: str | Path = "config") -> "TrainConfig":
+        """Build from a mapping (YAML), refusing unknown keys and values of the wrong type by name."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise GlusError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}", where)
+        values = {}
+        defaults = cls()
+        for key, value in raw.items():
+            values[key] = _coerce(key, value, getattr(defaults, key), where)
+        return cls(**values)
+
+
+def _coerce(key: str, value: Any, default: Any, where: str | Path) -> Any:
+    """``value`` in the type of the setting's default (YAML gives ints for floats, lists for tuples)."""
+    if value is None:
+        return None
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, tuple):
+            return tuple(type(default[0])(v) for v in value) if default else tuple(value)
+        if isinstance(default, list):
+            if isinstance(value, str):
+                return [value]
+            return [str(v) for v in value]
+        if isinstance(default, (int, float)) and not isinstance(value, bool):
+            converted = type(default)(value)
+            if isinstance(default, int) and converted != value:
+                raise TypeError
+            return converted
+        if default is None or isinstance(default, str):
+            return value if isinstance(value, (int, float)) and key in _NUMERIC_OPTIONAL else str(value)
+    except (TypeError, ValueError):
+        pass
+    raise GlusError(f"{key}: {value!r} is not a valid value (expected like {default!r})", where)
+
+
+_NUMERIC_OPTIONAL = {"sam2_image_size", "mem_attn_dropout", "grad_clip", "threads"}
+
+
+def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML file (optional) and ``key=value`` overrides (values parsed as YAML)."""
+    raw: dict[str, Any] = {}
+    where: str | Path = "overrides"
+    if path is not None:
+        where = Path(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise GlusError("training config not found", path) from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise GlusError(f"not a readable YAML file ({str(exc).splitlines()[0]})", path) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise GlusError("a training config is a mapping of settings", path)
+        raw.update(loaded or {})
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise GlusError(f"override {text!r}: write key=value")
+        try:
+            raw[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise GlusError(f"override {text!r}: the value is not valid YAML") from None
+    return TrainConfig.from_mapping(raw, where).validate()
