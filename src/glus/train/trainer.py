@@ -48,7 +48,7 @@ from glus.train.step import StepResult, StepSettings, adamw, released_parameter_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "TrainSummary", "latest_checkpoint", "LOG_COLUMNS"]
+__all__ = ["Trainer", "TrainSummary", "export_run", "latest_checkpoint", "draw_curves", "LOG_COLUMNS"]
 
 CHECKPOINTS = "checkpoints"
 LOG_NAME = "train_log.csv"
@@ -177,6 +177,18 @@ class Trainer:
         model.config = replace(model.config, context_frames=cfg.context_frames, query_frames=cfg.query_frames)
         return model.to(self.device), tokenizer
 
+    def prepare(self) -> tuple[GLUSModel, nn.Module, Any, dict[str, nn.Parameter], list[str]]:
+        """The model at the run's start: ``(base, peft model, tokenizer, parameters by name, trainable names)``."""
+        cfg = self.config
+        base, tokenizer = self._build_model()
+        model = apply_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                           target_modules=cfg.lora_targets)
+        if cfg.gradient_checkpointing:
+            base.gradient_checkpointing_enable()
+        model.train()
+        params = released_parameter_names(model)
+        return base, model, tokenizer, params, sorted(k for k, p in params.items() if p.requires_grad)
+
     # ------------------------------------------------------------------ the run
     def run(self) -> TrainSummary:
         from tqdm.auto import tqdm
@@ -185,14 +197,7 @@ class Trainer:
         started = time.perf_counter()
         if self.world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        base, tokenizer = self._build_model()
-        model = apply_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                           target_modules=cfg.lora_targets)
-        if cfg.gradient_checkpointing:
-            base.gradient_checkpointing_enable()
-        model.train()
-        params = released_parameter_names(model)
-        trainable = sorted(k for k, p in params.items() if p.requires_grad)
+        base, model, tokenizer, params, trainable = self.prepare()
         optimizer = adamw([params[k] for k in trainable], lr=cfg.lr, betas=tuple(cfg.betas),
                           weight_decay=cfg.weight_decay)
         scheduler = warmup_decay_scheduler(optimizer, WarmupDecay(cfg.steps, cfg.warmup_steps,
@@ -299,22 +304,30 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         self._barrier()
 
-    def _load_checkpoint(self, params, trainable, optimizer, scheduler, contrastive) -> int:
+    def load_trainable(self, params, trainable) -> tuple[Path, dict[str, Any]]:
+        """Put the newest checkpoint's trainable tensors into ``params``; returns its folder and state."""
         from safetensors.torch import load_file
 
         found = latest_checkpoint(self.run_dir)
         if found is None:
             raise GlusError("nothing to resume: no complete checkpoint", self.run_dir / CHECKPOINTS)
         state = read_json_object(found / "state.json", "checkpoint state")
-        if int(state.get("world_size", 1)) != self.world:
-            raise GlusError(f"the checkpoint was written by {state.get('world_size')} process(es), this run has "
-                            f"{self.world}: the data order and the banks would differ", found)
-        tensors = load_file(str(found / "trainable.safetensors"))
+        try:
+            tensors = load_file(str(found / "trainable.safetensors"))
+        except (OSError, ValueError) as exc:
+            raise GlusError(f"unreadable checkpoint tensors ({exc})", found / "trainable.safetensors") from None
         if sorted(tensors) != trainable:
             raise GlusError("the checkpoint's trainable tensors are not this model's", found)
         with torch.no_grad():
             for key in trainable:
                 params[key].copy_(tensors[key])
+        return found, state
+
+    def _load_checkpoint(self, params, trainable, optimizer, scheduler, contrastive) -> int:
+        found, state = self.load_trainable(params, trainable)
+        if int(state.get("world_size", 1)) != self.world:
+            raise GlusError(f"the checkpoint was written by {state.get('world_size')} process(es), this run "
+                            f"has {self.world}: the data order and the banks would differ", found)
         optimizer.load_state_dict(torch.load(found / "optimizer.pt", map_location=self.device, weights_only=True))
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(torch.tensor(state["rng"]["torch"], dtype=torch.uint8))
@@ -332,20 +345,32 @@ class Trainer:
             torch.distributed.barrier()
 
     # ------------------------------------------------------------------ export
-    def export(self, model: nn.Module, tokenizer) -> Path:
-        """Merge LoRA and save the model in glus's format under ``RUN/model`` (written aside, then renamed)."""
+    def export(self, model: nn.Module, tokenizer, out: Path | None = None) -> Path:
+        """Merge LoRA and save the model in glus's format (default ``RUN/model``; written aside, then renamed)."""
         from glus.model.checkpoint import save_pretrained
 
         merged = merge_lora(model)
         merged.eval()
-        final = self.run_dir / "model"
-        tmp = self.run_dir / ".model.tmp"
+        final = out if out is not None else self.run_dir / "model"
+        tmp = final.parent / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_pretrained(merged, tmp, tokenizer, source=f"glus train {self.run_dir}")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         logger.info("model (LoRA merged) -> %s", final)
         return final
+
+
+def export_run(run_dir: str | Path, out: Path | None = None) -> Path:
+    """``glus train export RUN``: the newest checkpoint of a run, LoRA merged, in glus's format."""
+    from glus.train.config import load_train_config
+
+    run_dir = Path(run_dir)
+    config = load_train_config(run_dir / "config.yaml", [f"out={run_dir}"])
+    trainer = Trainer(config, resume=True)
+    _, model, tokenizer, params, trainable = trainer.prepare()
+    trainer.load_trainable(params, trainable)
+    return trainer.export(model, tokenizer, out)
 
 
 def _plain(value: Any) -> Any:
