@@ -270,8 +270,11 @@ class Trainer:
         dataset = TrainingSet(cfg.sources(), tokenizer, builder, base.sam2.config.image_size, base.clip_processor,
                               seed=cfg.seed, max_expressions=cfg.max_expressions)
         sampler = StepSampler(cfg.batch_size, cfg.grad_accumulation, cfg.steps, start, self.rank, self.world)
+        # Its own generator: the loader draws a worker seed from it when iterated, which must not shift the global
+        # RNG that dropout uses (a resumed run restores that RNG and would then be one draw off).
         return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                                           collate_fn=collate_samples, num_workers=cfg.num_workers)
+                                           collate_fn=collate_samples, num_workers=cfg.num_workers,
+                                           generator=torch.Generator().manual_seed(cfg.seed))
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, step: int, params, trainable, optimizer, scheduler, contrastive,
