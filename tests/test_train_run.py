@@ -222,3 +222,20 @@ def test_two_process_ddp_equals_one_process(mevis: Path, tmp_path: Path) -> None
     b = load_file(str(ddp / "checkpoints" / "step-000003" / "trainable.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_partial_checkpoint(mevis: Path, tmp_path: Path,
+                                                                               monkeypatch, capsys) -> None:
+    import errno
+
+    import glus.train.trainer as trainer_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer_module.torch, "save", full)
+    run = tmp_path / "run"
+    assert main(["train", *settings(mevis, run, "steps=2", "save_every=2"), "--data", f"mevis={mevis}:1"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert latest_checkpoint(run) is None and not list((run / "checkpoints").iterdir())

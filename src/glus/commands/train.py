@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="KEY=VALUE overrides of the config (e.g. steps=200 data=[mevis=data/mevis/train:1]), or "
                         "check-official DIR, or export RUN")
     p.add_argument("--config", default=None, help="YAML file of training settings (see glus.train.config)")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=PATH[:RATE]",
+                   help="a training dataset in its official layout (repeat for a mix; adds to the config's data), "
+                        "e.g. --data mevis=data/mevis/train:1 --data refytvos=data/ref-youtube-vos:1")
     p.add_argument("--resume", action="store_true", help="continue the run in its out folder from its newest "
                                                          "complete checkpoint")
     p.add_argument("--record", action="append", default=None, dest="records",
@@ -46,14 +49,14 @@ def run(args: argparse.Namespace) -> int:
         if len(words) != 2:
             raise GlusError("usage: glus train export RUN [--out DIR]")
         return run_export(Path(words[1]), args.out)
-    return run_training(args.config, words, args.resume)
+    return run_training(args.config, words, args.resume, args.data)
 
 
-def run_training(config: str | None, overrides: list[str], resume: bool) -> int:
+def run_training(config: str | None, overrides: list[str], resume: bool, data: list[str]) -> int:
     from glus.train.config import load_train_config
     from glus.train.trainer import Trainer
 
-    settings = load_train_config(config, overrides)
+    settings = load_train_config(config, overrides, extra_data=data)
     with transformers_progress_bars_off():
         summary = Trainer(settings, resume=resume).run()
     if summary.model_dir is not None:

@@ -210,8 +210,10 @@ def _coerce(key: str, value: Any, default: Any, where: str | Path) -> Any:
 _NUMERIC_OPTIONAL = {"sam2_image_size", "mem_attn_dropout", "grad_clip", "threads"}
 
 
-def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """A :class:`TrainConfig` from a YAML file (optional) and ``key=value`` overrides (values parsed as YAML)."""
+def load_train_config(path: str | Path | None, overrides: Sequence[str] = (),
+                      extra_data: Sequence[str] = ()) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML file (optional), ``key=value`` overrides (values parsed as YAML) and
+    further ``NAME=PATH[:RATE]`` data sources (``--data``)."""
     raw: dict[str, Any] = {}
     where: str | Path = "overrides"
     if path is not None:
@@ -233,4 +235,6 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
             raw[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise GlusError(f"override {text!r}: the value is not valid YAML") from None
-    return TrainConfig.from_mapping(raw, where).validate()
+    config = TrainConfig.from_mapping(raw, where)
+    config.data = [*config.data, *extra_data]
+    return config.validate()

@@ -277,8 +277,19 @@ class Trainer:
                                            generator=torch.Generator().manual_seed(cfg.seed))
 
     # ------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, step: int, params, trainable, optimizer, scheduler, contrastive,
-                         result: StepResult) -> None:
+    def _save_checkpoint(self, step: int, *args: Any) -> None:
+        """Write the checkpoint of ``step`` (see :meth:`_write_checkpoint`); a full disk or an unwritable folder is
+        a one-line error and leaves no partial checkpoint behind."""
+        tmp = self.run_dir / CHECKPOINTS / f".step-{step:06d}.tmp"
+        try:
+            self._write_checkpoint(step, *args)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise GlusError(f"cannot write the step-{step} checkpoint: {exc.strerror or exc}; the newest complete "
+                            "one is kept for --resume", self.run_dir / CHECKPOINTS) from None
+
+    def _write_checkpoint(self, step: int, params, trainable, optimizer, scheduler, contrastive,
+                          result: StepResult) -> None:
         from safetensors.torch import save_file
 
         folder = self.run_dir / CHECKPOINTS
@@ -394,11 +405,21 @@ class _TrainLog:
         if path.is_file():
             with open(path, newline="") as fh:
                 self.rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= start]
+        try:  # TensorBoard where it is installed (``pip install tensorboard``); the CSV always
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(path.parent / "tensorboard"), purge_step=start + 1)
+        except ImportError:
+            self.board = None
 
     def add(self, step: int, result: StepResult, rate: float) -> None:
         row = {"step": step, "lr": result.lr, "grad_norm": result.grad_norm, "samples_per_s": round(rate, 4)}
         row.update({k: result.losses.get(k, math.nan) for k in ("total", "ce", "bce", "dice", "contrastive")})
         self.rows.append(row)
+        if self.board is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.board.add_scalar(f"train/{key}", float(value), step)
 
     def flush(self) -> None:
         import io
@@ -408,6 +429,8 @@ class _TrainLog:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_bytes(self.path, buf.getvalue().encode())
+        if self.board is not None:
+            self.board.flush()
 
 
 def draw_curves(log_csv: Path, out_png: Path) -> Path | None:
