@@ -239,3 +239,13 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_partial_checkpoint(
     err = capsys.readouterr().err
     assert "No space left on device" in err and err.count("\n") == 1 and "Traceback" not in err
     assert latest_checkpoint(run) is None and not list((run / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("name", ["glus-s", "glus-a", "tiny-cpu"])
+def test_shipped_configs_load(name: str) -> None:
+    cfg = load_train_config(ROOT / "configs" / "train" / f"{name}.yaml",
+                            ["out=o", "data_root=data", "data=[mevis=d:1]",
+                             *(["tokenizer=t"] if name == "tiny-cpu" else ["model=m"])])
+    if name != "tiny-cpu":
+        assert cfg.data_preset == name and cfg.lora_r == 8 and cfg.grad_accumulation == 10
+        assert cfg.contrastive == (name == "glus-s") and cfg.steps == {"glus-s": 3000, "glus-a": 5000}[name]
