@@ -249,3 +249,17 @@ def test_shipped_configs_load(name: str) -> None:
     if name != "tiny-cpu":
         assert cfg.data_preset == name and cfg.lora_r == 8 and cfg.grad_accumulation == 10
         assert cfg.contrastive == (name == "glus-s") and cfg.steps == {"glus-s": 3000, "glus-a": 5000}[name]
+
+
+def test_validation_scores_with_glus_inference_and_evaluator(mevis: Path, tmp_path: Path) -> None:
+    val = write_mevis_split(tmp_path / "val", [make_video(seed, num_frames=6, height=48, width=64, num_objects=2)
+                                               for seed in (10, 11)], split="valid_u")
+    run = tmp_path / "run"
+    assert main(["train", *settings(mevis, run, "steps=2", "save_every=2", f"val_data=mevis={val}",
+                                    "val_every=1", "val_videos=1")]) == 0
+    with open(run / "val_log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert all(0.0 <= float(r["J&F"]) <= 1.0 for r in rows)
+    segmented = sorted(p.name for p in (run / "val" / "step-000002").iterdir() if p.is_dir())
+    assert segmented == ["syn10"]  # val_videos=1: the first video only

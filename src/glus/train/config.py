@@ -84,6 +84,10 @@ class TrainConfig:
     context_frames: int = 4
     query_frames: int = 4
     max_expressions: int = 3
+    val_data: str | None = None  # NAME=PATH of a split with ground truth: J&F through glus's inference + evaluator
+    val_every: int = 0  # steps between validations (0: only at the end, when val_data is set)
+    val_videos: int | None = None  # validate on the first N videos only
+    val_key_frame: str = "none"  # none / auto, as glus infer
     # optimisation
     steps: int = 3000
     warmup_steps: int = 100
@@ -139,7 +143,13 @@ class TrainConfig:
         for key, value in positive.items():
             if value < 1:
                 raise GlusError(f"{key} must be >= 1, got {value}")
-        for key in ("context_frames", "warmup_steps", "num_workers"):
+        if self.val_data is not None:
+            parse_data_source(self.val_data)
+        if self.val_key_frame not in ("none", "auto"):
+            raise GlusError(f"val_key_frame must be none or auto, got {self.val_key_frame!r}")
+        if self.val_videos is not None and self.val_videos < 1:
+            raise GlusError(f"val_videos must be >= 1, got {self.val_videos}")
+        for key in ("context_frames", "warmup_steps", "num_workers", "val_every"):
             if getattr(self, key) < 0:
                 raise GlusError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not self.lr > 0:
@@ -207,7 +217,7 @@ def _coerce(key: str, value: Any, default: Any, where: str | Path) -> Any:
     raise GlusError(f"{key}: {value!r} is not a valid value (expected like {default!r})", where)
 
 
-_NUMERIC_OPTIONAL = {"sam2_image_size", "mem_attn_dropout", "grad_clip", "threads"}
+_NUMERIC_OPTIONAL = {"sam2_image_size", "mem_attn_dropout", "grad_clip", "threads", "val_videos"}
 
 
 def load_train_config(path: str | Path | None, overrides: Sequence[str] = (),

@@ -251,6 +251,12 @@ class Trainer:
                     if log is not None:
                         log.flush()
                         draw_curves(self.run_dir / LOG_NAME, self.run_dir / CURVES_NAME)
+                if cfg.val_data is not None and self.rank == 0 and (
+                        done == cfg.steps or (cfg.val_every and done % cfg.val_every == 0)):
+                    scores = self.validate(base, tokenizer, done)
+                    model.train()
+                    if log is not None:
+                        log.add_validation(done, scores)
         if log is not None:
             log.flush()
         model_dir = None
@@ -275,6 +281,45 @@ class Trainer:
         return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                                            collate_fn=collate_samples, num_workers=cfg.num_workers,
                                            generator=torch.Generator().manual_seed(cfg.seed))
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, base: GLUSModel, tokenizer, step: int) -> dict[str, float]:
+        """J, F and J&F of the model as it is now on ``val_data``, through glus's own inference and evaluator
+        (predictions kept under ``RUN/val/step-N``)."""
+        from glus.data.formats import load_dataset
+        from glus.data.video import open_video
+        from glus.eval.protocols import evaluate
+        from glus.inference.frames import FrameStore
+        from glus.inference.pipeline import GLUSPipeline
+        from glus.inference.writers import PngMaskSink, expression_dir
+        from glus.train.config import parse_data_source
+
+        cfg = self.config
+        source = parse_data_source(cfg.val_data)
+        data = load_dataset(source.name, source.path, source.split)
+        videos = list(data.videos.values())[:cfg.val_videos]
+        out = self.run_dir / "val" / f"step-{step:06d}"
+        pipe = GLUSPipeline(base, tokenizer, progress=False)
+        key = "auto" if cfg.val_key_frame == "auto" else None
+        with torch.no_grad():
+            for video in videos:
+                exp_ids = list(video.expressions)
+                sink = PngMaskSink([expression_dir(out, video.video_id, e) for e in exp_ids], video.frame_names)
+                with FrameStore(open_video(video.frame_paths)) as frames:
+                    pipe(frames, [video.expressions[e].text for e in exp_ids], key, sink=sink)
+        result = evaluate(source.name, source.path, out, split=source.split)
+        scores = {k: float(result.summary[k]) for k in ("J", "F", "J&F")}
+        if len(videos) < len(data.videos):
+            # The evaluator scores the videos left out as missing (0): average the segmented ones' expressions
+            # instead, the MeViS way (mean J and mean F over expressions).
+            keys = {e.key for v in videos for e in v.expressions.values()}
+            rows = [r for k, r in result.summary["per_expression"].items() if k in keys]
+            j = sum(float(r["J"]) for r in rows) / len(rows)
+            f = sum(float(r["F"]) for r in rows) / len(rows)
+            scores = {"J": j, "F": f, "J&F": (j + f) / 2}
+        logger.info("step %d validation on %d video(s): J&F %.4f (J %.4f, F %.4f)", step, len(videos),
+                    scores["J&F"], scores["J"], scores["F"])
+        return scores
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, step: int, *args: Any) -> None:
@@ -420,6 +465,25 @@ class _TrainLog:
             for key, value in row.items():
                 if key != "step":
                     self.board.add_scalar(f"train/{key}", float(value), step)
+
+    def add_validation(self, step: int, scores: dict[str, float]) -> None:
+        """Append to ``val_log.csv`` (and TensorBoard) the validation scores of ``step``."""
+        path = self.path.parent / "val_log.csv"
+        rows = []
+        if path.is_file():
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) < step]
+        rows.append({"step": step, **scores})
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["step", "J", "F", "J&F"])
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_bytes(path, buf.getvalue().encode())
+        if self.board is not None:
+            for key, value in scores.items():
+                self.board.add_scalar(f"val/{key}", value, step)
 
     def flush(self) -> None:
         import io
