@@ -263,3 +263,22 @@ def test_validation_scores_with_glus_inference_and_evaluator(mevis: Path, tmp_pa
     assert all(0.0 <= float(r["J&F"]) <= 1.0 for r in rows)
     segmented = sorted(p.name for p in (run / "val" / "step-000002").iterdir() if p.is_dir())
     assert segmented == ["syn10"]  # val_videos=1: the first video only
+
+
+@pytest.mark.parametrize("reinit", [True, False])
+def test_start_from_a_checkpoint_and_the_seg_head_quirk(mevis: Path, tmp_path: Path, reinit: bool) -> None:
+    """model=: the released-layout checkpoint (tokenizer inside); reinit_seg_head (the authors' default) gives
+    text_hidden_fcs a fresh init, as train_ds.py does after loading."""
+    from glus.model.checkpoint import from_pretrained
+
+    cfg = load_train_config(None, [f"out={tmp_path / 'run'}", f"model={OFFICIAL_TINY}",
+                                   f"vision_tower={OFFICIAL_TINY / 'clip'}",
+                                   f"sam2_config={OFFICIAL_TINY / 'sam2_tiny.yaml'}", f"data=[mevis={mevis}:1]",
+                                   f"reinit_seg_head={str(reinit).lower()}"])
+    base, _, tokenizer, params, trainable = Trainer(cfg).prepare()
+    loaded = from_pretrained(OFFICIAL_TINY, vision_tower=OFFICIAL_TINY / "clip",
+                             sam2_config=OFFICIAL_TINY / "sam2_tiny.yaml", compat="stored")
+    head = "model.text_hidden_fcs.0.0.weight"
+    assert torch.equal(params[head].detach(), loaded.state_dict()[head]) != reinit
+    assert torch.equal(params["lm_head.weight"].detach(), loaded.state_dict()["lm_head.weight"])
+    assert base.seg_token_id == tokenizer.seg_token_id == 700 and head in trainable

@@ -107,6 +107,9 @@ class TrainConfig:
     dice_weight: float = 0.5
     contrastive_weight: float = 0.1
     contrastive: bool = True
+    contrastive_negatives_exclude_same_objects: bool = False  # the authors let same-object entries be negatives
+    contrastive_update_bank_first: bool = True  # the authors push the batch into the bank before the loss
+    reinit_seg_head: bool = True  # the authors re-initialise text_hidden_fcs after loading (quirk 1)
     memory_bank: bool = True
     ce_on: str = "seg"
     memory_grad: bool = False

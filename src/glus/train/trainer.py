@@ -173,6 +173,11 @@ class Trainer:
                 sam2 = replace(sam2_config_from_arg(cfg.sam2_config), mem_attn_dropout=cfg.mem_attn_dropout)
             model = from_pretrained(cfg.model, vision_tower=cfg.vision_tower, sam2_config=sam2, compat=cfg.compat)
             tokenizer = GLUSTokenizer.from_pretrained(resolve_checkpoint(cfg.model))
+        if cfg.reinit_seg_head:
+            # train_ds.py rebuilds text_hidden_fcs after loading the checkpoint (its quirk 1): fresh nn.Linear init.
+            for module in model.text_hidden_fcs.modules():
+                if isinstance(module, nn.Linear):
+                    module.reset_parameters()
         # The clip layout the model is trained on is the one it should see at inference (ablations included).
         model.config = replace(model.config, context_frames=cfg.context_frames, query_frames=cfg.query_frames)
         return model.to(self.device), tokenizer
@@ -202,7 +207,9 @@ class Trainer:
                           weight_decay=cfg.weight_decay)
         scheduler = warmup_decay_scheduler(optimizer, WarmupDecay(cfg.steps, cfg.warmup_steps,
                                                                   cfg.first_step_at_peak))
-        contrastive = (ObjectContrastiveLoss(ContrastiveConfig(), seed=cfg.seed * 1000 + self.rank)
+        contrastive_cfg = ContrastiveConfig(update_bank_first=cfg.contrastive_update_bank_first,
+                                            negatives_exclude_same_objects=cfg.contrastive_negatives_exclude_same_objects)
+        contrastive = (ObjectContrastiveLoss(contrastive_cfg, seed=cfg.seed * 1000 + self.rank)
                        if cfg.contrastive else None)
         start = 0
         if self.resume:
