@@ -179,6 +179,11 @@ def test_contrastive_switch(mevis: Path, tmp_path: Path) -> None:
     assert any(r["contrastive"] > 0 for r in read_log(on))
     assert all(r["contrastive"] == 0 for r in read_log(off))
     assert not (off / "checkpoints" / "step-000007" / "contrastive-rank0.pt").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(on / "tensorboard"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("train/total")] == list(range(1, 8))
 
 
 def _run(args: list[str], **kw) -> subprocess.Popen:
