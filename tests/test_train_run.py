@@ -287,3 +287,40 @@ def test_start_from_a_checkpoint_and_the_seg_head_quirk(mevis: Path, tmp_path: P
     assert torch.equal(params[head].detach(), loaded.state_dict()[head]) != reinit
     assert torch.equal(params["lm_head.weight"].detach(), loaded.state_dict()["lm_head.weight"])
     assert base.seg_token_id == tokenizer.seg_token_id == 700 and head in trainable
+
+
+def test_start_as_the_authors_from_a_lisa_checkpoint_and_meta_sam2(mevis: Path, tmp_path: Path) -> None:
+    """A LISA-layout folder (the tiny checkpoint without [SEG] / <im_start> / <im_end> and its seg head, its
+    visual_model tensors left in, unused as LISA's SAM-1 is) + Meta's SAM-2 file: the LLM rows kept, three tokens
+    added with fresh rows, SAM-2 as in the Meta file, the seg head fresh."""
+    import json
+    import shutil
+
+    lisa = tmp_path / "lisa"
+    lisa.mkdir()
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        shutil.copy(OFFICIAL_TINY / name, lisa / name)
+    shutil.copytree(OFFICIAL_TINY / "clip", lisa / "clip")
+    config = json.loads((OFFICIAL_TINY / "config.json").read_text())
+    config["vocab_size"] = 700
+    (lisa / "config.json").write_text(json.dumps(config))
+    state = torch.load(OFFICIAL_TINY / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    lisa_state = {k: v[:700].clone() if k in ("model.embed_tokens.weight", "lm_head.weight") else v
+                  for k, v in state.items() if not k.startswith("model.text_hidden_fcs.")}
+    torch.save(lisa_state, lisa / "pytorch_model.bin")
+    cfg = load_train_config(None, [f"out={tmp_path / 'run'}", f"model={lisa}",
+                                   f"sam2_checkpoint={OFFICIAL_TINY / 'sam2_tiny.pt'}",
+                                   f"sam2_config={OFFICIAL_TINY / 'sam2_tiny.yaml'}", f"data=[mevis={mevis}:1]"])
+    base, _, tokenizer, params, _ = Trainer(cfg).prepare()
+    assert (len(tokenizer), tokenizer.seg_token_id, tokenizer.im_start_id, tokenizer.im_end_id) == (703, 700, 701, 702)
+    embed = params["model.embed_tokens.weight"].detach()
+    assert torch.equal(embed[:700], state["model.embed_tokens.weight"][:700])
+    assert embed.shape == (703, 64) and 0.005 < float(embed[700:].std()) < 0.05  # N(0, 0.02) rows
+    meta = torch.load(OFFICIAL_TINY / "sam2_tiny.pt", map_location="cpu", weights_only=True)["model"]
+    sam2 = base.sam2.state_dict()
+    assert all(torch.equal(sam2[k], meta[k]) for k in meta)
+    assert not torch.equal(params["model.text_hidden_fcs.0.0.weight"].detach(),
+                           state["model.text_hidden_fcs.0.0.weight"])
+    missing_sam = tmp_path / "nope.pt"
+    with pytest.raises(GlusError, match="SAM-2 checkpoint not found"):
+        Trainer(replace(cfg, sam2_checkpoint=str(missing_sam), out=str(tmp_path / "run2"))).prepare()

@@ -84,7 +84,7 @@ def sam2_config_from_arg(sam2_config: str | Path | Sam2Config | None) -> Sam2Con
     return sam2_config_from_yaml(path)
 
 
-def _resolve_tower_path(name: str, folder: Path) -> str:
+def resolve_tower_path(name: str, folder: Path) -> str:
     """The vision tower the released config names: relative names are tried beside the checkpoint first."""
     local = folder / name
     return str(local) if name and local.is_dir() else name
@@ -235,7 +235,7 @@ def from_pretrained(path_or_id: str | Path, *, vision_tower: str | Path | None =
         name = str(vision_tower or raw.get("mm_vision_tower") or raw.get("vision_tower") or "")
         if not name:
             raise GlusError("the config names no vision tower: pass --vision-tower", folder / "config.json")
-        tower_path = name if vision_tower is not None else _resolve_tower_path(name, folder)
+        tower_path = name if vision_tower is not None else resolve_tower_path(name, folder)
         tower = load_vision_tower(tower_path, select_layer=int(raw.get("mm_vision_select_layer", -2)))
         config = released_config(folder, tower, sam2_config)
         model = _build_empty(config, dtype, attn_implementation, tower_path)

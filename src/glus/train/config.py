@@ -74,6 +74,7 @@ class TrainConfig:
     tokenizer: str | None = None
     vision_tower: str | None = None
     sam2_config: str | None = None
+    sam2_checkpoint: str | None = None  # Meta's SAM-2 weights: start as the authors do, model = a LISA checkpoint
     compat: str = "stored"
     sam2_image_size: int | None = None  # a smaller SAM-2 input than the model's (tiny CPU runs)
     mem_attn_dropout: float | None = None  # None: the model's (the authors': 0.1)
@@ -131,6 +132,9 @@ class TrainConfig:
             raise GlusError("out: give the run folder (checkpoints, logs and the final model go there)")
         if (self.model is None) == (self.preset is None):
             raise GlusError("give exactly one of model (a checkpoint to start from) and preset (random weights)")
+        if self.sam2_checkpoint is not None and self.model is None:
+            raise GlusError("sam2_checkpoint starts SAM-2 from Meta's weights and the LLM from model (a LISA "
+                            "checkpoint): give model")
         if self.preset is not None and self.tokenizer is None:
             raise GlusError("preset needs tokenizer: a folder with tokenizer.model and the [SEG] token")
         if self.compat not in ("official", "stored"):

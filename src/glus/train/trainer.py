@@ -171,8 +171,15 @@ class Trainer:
             sam2: Any = cfg.sam2_config
             if cfg.mem_attn_dropout is not None:
                 sam2 = replace(sam2_config_from_arg(cfg.sam2_config), mem_attn_dropout=cfg.mem_attn_dropout)
-            model = from_pretrained(cfg.model, vision_tower=cfg.vision_tower, sam2_config=sam2, compat=cfg.compat)
-            tokenizer = GLUSTokenizer.from_pretrained(resolve_checkpoint(cfg.model))
+            if cfg.sam2_checkpoint is not None:
+                from glus.train.lisa_start import build_from_lisa
+
+                model, tokenizer = build_from_lisa(cfg.model, cfg.sam2_checkpoint, vision_tower=cfg.vision_tower,
+                                                   sam2_config=sam2)
+            else:
+                model = from_pretrained(cfg.model, vision_tower=cfg.vision_tower, sam2_config=sam2,
+                                        compat=cfg.compat)
+                tokenizer = GLUSTokenizer.from_pretrained(resolve_checkpoint(cfg.model))
         if cfg.reinit_seg_head:
             # train_ds.py rebuilds text_hidden_fcs after loading the checkpoint (its quirk 1): fresh nn.Linear init.
             for module in model.text_hidden_fcs.modules():
