@@ -76,7 +76,8 @@ def test_settings_errors_are_one_line(tmp_path: Path, capsys) -> None:
                                     "betas=[0.8, 0.9]", "contrastive=false"])
     assert (over.steps, over.betas, over.contrastive, over.sources()[0].rate) == (7, (0.8, 0.9), False, 2.0)
     for case, needle in ((["steps=0"], "steps must be >= 1"), (["lora_dropout=1.5"], "lora_dropout"),
-                         (["dtype=fp16"], "dtype"), (["data=[]"], "no training data")):
+                         (["dtype=fp16"], "dtype"), (["dtype=bf16"], "CUDA autocast"),
+                         (["data=[]"], "no training data"), (["val_data=coco=x"], "unknown dataset")):
         with pytest.raises(GlusError, match=needle):
             load_train_config(None, ["out=r", "preset=tiny", "tokenizer=t", "data=[mevis=d:1]", *case])
     assert main(["train", f"--config={cfg}"]) == 2

@@ -122,7 +122,6 @@ class TrainConfig:
     num_workers: int = 0
     save_every: int = 500
     keep_last: int = 3
-    log_every: int = 1
     threads: int | None = None  # torch intra-op threads (None: torch's default)
 
     # ------------------------------------------------------------------ checks
@@ -143,10 +142,11 @@ class TrainConfig:
             raise GlusError(f"ce_on must be seg or assistant, got {self.ce_on!r}")
         if self.dtype not in ("fp32", "bf16"):
             raise GlusError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
+        if self.dtype == "bf16" and not str(self.device).startswith("cuda"):
+            raise GlusError("dtype bf16 trains with CUDA autocast: use device cuda, or dtype fp32 on the CPU")
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accumulation": self.grad_accumulation,
                     "query_frames": self.query_frames, "max_expressions": self.max_expressions,
-                    "save_every": self.save_every, "keep_last": self.keep_last, "log_every": self.log_every,
-                    "lora_r": self.lora_r}
+                    "save_every": self.save_every, "keep_last": self.keep_last, "lora_r": self.lora_r}
         for key, value in positive.items():
             if value < 1:
                 raise GlusError(f"{key} must be >= 1, got {value}")

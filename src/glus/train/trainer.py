@@ -53,6 +53,9 @@ __all__ = ["Trainer", "TrainSummary", "export_run", "latest_checkpoint", "draw_c
 CHECKPOINTS = "checkpoints"
 LOG_NAME = "train_log.csv"
 CURVES_NAME = "train_curves.png"
+# Settings a resumed run may change: where and how fast it runs, how often it saves or validates, how long it goes.
+_FREE_ON_RESUME = frozenset({"out", "steps", "save_every", "keep_last", "num_workers", "threads", "device",
+                             "val_data", "val_every", "val_videos", "val_key_frame"})
 LOG_COLUMNS = ("step", "lr", "total", "ce", "bce", "dice", "contrastive", "grad_norm", "samples_per_s")
 
 
@@ -129,8 +132,7 @@ class Trainer:
 
             before = yaml.safe_load(saved.read_text())
             now = self.config.to_dict()
-            diff = [k for k in now if k not in ("steps", "save_every", "keep_last", "log_every", "num_workers",
-                                                 "threads") and _plain(before.get(k)) != _plain(now[k])]
+            diff = [k for k in now if k not in _FREE_ON_RESUME and _plain(before.get(k)) != _plain(now[k])]
             if diff:
                 raise GlusError(f"resume with other settings than the run started with: {', '.join(diff)}", saved)
         elif latest_checkpoint(self.run_dir) is not None:
@@ -234,8 +236,6 @@ class Trainer:
             step_model, no_sync = _DDPModel(ddp), ddp.no_sync
         autocast = None
         if cfg.dtype == "bf16":
-            if self.device.type != "cuda":
-                raise GlusError("dtype bf16 trains with CUDA autocast: use a CUDA device, or fp32 on the CPU")
             autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
 
         loader = self._loader(base, tokenizer, start)
