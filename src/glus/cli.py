@@ -163,6 +163,15 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 COMMANDS.append(add_train)
 
 
+def add_data(sub: argparse._SubParsersAction) -> None:
+    from glus.commands.data import register
+
+    register(sub)
+
+
+COMMANDS.append(add_data)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
