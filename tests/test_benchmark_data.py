@@ -63,3 +63,15 @@ def test_bad_arguments_are_one_line(tmp_path: Path, capsys) -> None:
     assert "--videos" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["data", "synth", str(tmp_path), "--frames", "2"])
+
+
+def test_tier_scores_average_each_tier_the_mevis_way() -> None:
+    from glus.data.benchmark import tier_scores
+
+    per_expression = {"v1_0": {"J": 1.0, "F": 0.8}, "v1_1": {"J": 0.5, "F": 0.5}, "v2_0": {"J": 0.0, "F": 0.2},
+                      "other_0": {"J": 0.3, "F": 0.3}}
+    tiers = {"v1_0": "motion", "v1_1": "motion", "v2_0": "multi"}
+    scores = tier_scores(per_expression, tiers)
+    assert scores["motion"] == {"J": 0.75, "F": 0.65, "J&F": 0.7, "expressions": 2}
+    assert scores["multi"]["J&F"] == pytest.approx(0.1) and "appearance" not in scores
+    assert scores["all"]["expressions"] == 3 and scores["all"]["J"] == pytest.approx(0.5)

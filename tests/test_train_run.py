@@ -325,3 +325,18 @@ def test_start_as_the_authors_from_a_lisa_checkpoint_and_meta_sam2(mevis: Path, 
     missing_sam = tmp_path / "nope.pt"
     with pytest.raises(GlusError, match="SAM-2 checkpoint not found"):
         Trainer(replace(cfg, sam2_checkpoint=str(missing_sam), out=str(tmp_path / "run2"))).prepare()
+
+
+def test_training_the_image_encoder_too(mevis: Path, tmp_path: Path, tok) -> None:
+    """extra_trainable adds parameters to the recipe's set; image_grad lets the loss reach SAM-2's encoder."""
+    for image_grad in (False, True):
+        cfg = load_train_config(None, settings(mevis, tmp_path / f"run{image_grad}",
+                                               "extra_trainable=[visual_model.image_encoder]",
+                                               f"image_grad={str(image_grad).lower()}"))
+        base, model, _, params, trainable = Trainer(cfg).prepare()
+        encoder = [k for k in trainable if k.startswith("model.visual_model.image_encoder.")]
+        assert encoder and all(k in trainable for k in params if k.startswith("model.visual_model.image_encoder."))
+        batch = [_training_set(mevis, tok)[0]]
+        base.forward_train(batch, image_grad=image_grad)["total"].backward()
+        reached = [params[k].grad is not None and bool(params[k].grad.any()) for k in encoder]
+        assert any(reached) == image_grad

@@ -45,7 +45,7 @@ from glus.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TIERS", "SPLITS", "BenchmarkVideo", "make_benchmark_video", "write_benchmark"]
+__all__ = ["TIERS", "SPLITS", "BenchmarkVideo", "make_benchmark_video", "write_benchmark", "read_tiers", "tier_scores"]
 
 TIERS: tuple[str, ...] = ("appearance", "motion", "temporal", "visibility", "multi")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -290,3 +290,29 @@ def write_benchmark(out: str | Path, videos: int | Sequence[int], *, seed: int =
         written[split] = folder
     logger.info("wrote the synthetic benchmark (%s videos, seed %d) to %s", "/".join(map(str, counts)), seed, out)
     return written
+
+
+def read_tiers(split_dir: str | Path) -> dict[str, str]:
+    """``{"<video>_<exp_id>": tier}`` of a benchmark split (its ``tiers.json``)."""
+    from glus.fileio import read_json_object
+
+    raw = read_json_object(Path(split_dir) / "tiers.json", "benchmark tiers file")
+    return {f"{video}_{exp}": str(tier) for video, exps in raw.items() for exp, tier in dict(exps).items()}
+
+
+def tier_scores(per_expression: dict[str, dict[str, float]], tiers: dict[str, str]) -> dict[str, dict[str, float]]:
+    """J, F and J&F per tier and ``"all"`` from an evaluation's ``per_expression`` (MeViS averaging: mean J and
+    mean F over the tier's expressions)."""
+    groups: dict[str, list[dict[str, float]]] = {}
+    for key, row in per_expression.items():
+        if key in tiers:
+            groups.setdefault(tiers[key], []).append(row)
+            groups.setdefault("all", []).append(row)
+    out = {}
+    for tier in [*TIERS, "all"]:
+        rows = groups.get(tier)
+        if rows:
+            j = float(np.mean([float(r["J"]) for r in rows]))
+            f = float(np.mean([float(r["F"]) for r in rows]))
+            out[tier] = {"J": j, "F": f, "J&F": (j + f) / 2, "expressions": len(rows)}
+    return out

@@ -163,18 +163,21 @@ class GLUSModel(GlusMLLM):
     # ------------------------------------------------------------------ training
     def forward_train(self, samples: Sequence[TrainingSample], contrastive: ObjectContrastiveLoss | None = None,
                       weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
-                      memory_grad: bool = False, memory_bank: bool = True) -> dict[str, torch.Tensor]:
+                      memory_grad: bool = False, memory_bank: bool = True,
+                      image_grad: bool = False) -> dict[str, torch.Tensor]:
         """Named loss terms of one batch (spec section 5): :meth:`forward_train_outputs` without the tensors.
 
         Returns:
             ``{"ce", "bce", "dice", "contrastive", "total"}`` (weighted, as :func:`combine_losses`).
         """
-        return self.forward_train_outputs(samples, contrastive, weights, ce_on, memory_grad, memory_bank).losses
+        return self.forward_train_outputs(samples, contrastive, weights, ce_on, memory_grad, memory_bank,
+                                          image_grad).losses
 
     def forward_train_outputs(self, samples: Sequence[TrainingSample],
                               contrastive: ObjectContrastiveLoss | None = None,
                               weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
-                              memory_grad: bool = False, memory_bank: bool = True) -> TrainForward:
+                              memory_grad: bool = False, memory_bank: bool = True,
+                              image_grad: bool = False) -> TrainForward:
         """Loss terms of one batch and what they were computed from (spec section 5).
 
         Args:
@@ -184,6 +187,8 @@ class GLUSModel(GlusMLLM):
             memory_grad: let gradients flow through the memory attention (released: no).
             memory_bank: condition query frames on the memories of the earlier ones (``False``: every frame is
                 decoded on its own, the "no memory bank" ablation).
+            image_grad: compute SAM-2's image features with gradients (released: under no_grad), for training the
+                image encoder (and the decoder's ``conv_s0/conv_s1``) too.
 
         Returns:
             :class:`TrainForward`: the weighted terms, per sample the ``[SEG]`` embeddings ``[E, Q, D]`` and mask
@@ -216,7 +221,8 @@ class GLUSModel(GlusMLLM):
             per_sample_seg.append(sample_seg)
             row += num_expr
             size = tuple(sample.masks.shape[-2:])
-            features = self.sam2.encode_image(sample.sam_pixels.to(self.device, self.sam2.no_mem_embed.dtype))
+            features = self.sam2.encode_image(sample.sam_pixels.to(self.device, self.sam2.no_mem_embed.dtype),
+                                              grad=image_grad)
             banks = [MemoryBank() for _ in range(num_expr)] if memory_bank else None
             for j in range(num_query):
                 res = self.sam2.decode(features.frame(j), sample_seg[:, j:j + 1], banks, j,

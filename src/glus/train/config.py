@@ -114,6 +114,8 @@ class TrainConfig:
     memory_bank: bool = True
     ce_on: str = "seg"
     memory_grad: bool = False
+    image_grad: bool = False  # SAM-2 image features with gradients (the authors: no_grad)
+    extra_trainable: list[str] = field(default_factory=list)  # parameter-name parts trained beyond the recipe's
     gradient_checkpointing: bool = False
     # running
     device: str = "cpu"

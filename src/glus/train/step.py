@@ -37,6 +37,7 @@ class StepSettings:
             as the paper describes).
         memory_grad: let gradients flow through SAM-2's memory attention (released: no, it runs under no_grad).
         memory_bank: decode query frames through the memory bank (``False``: the "no memory bank" ablation).
+        image_grad: SAM-2 image features with gradients (released: no), to train the image encoder too.
         grad_clip: global gradient-norm limit (``None``: no clipping).
     """
 
@@ -44,6 +45,7 @@ class StepSettings:
     ce_on: str = "seg"
     memory_grad: bool = False
     memory_bank: bool = True
+    image_grad: bool = False
     grad_clip: float | None = 1.0
 
 
@@ -121,7 +123,8 @@ def train_step(model: GLUSModel, micro_batches: Sequence[Sequence[TrainingSample
         with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
             with (autocast() if autocast is not None else contextlib.nullcontext()):
                 outputs = model.forward_train_outputs(batch, contrastive, settings.weights, settings.ce_on,
-                                                      settings.memory_grad, settings.memory_bank)
+                                                      settings.memory_grad, settings.memory_bank,
+                                                      settings.image_grad)
             total = outputs.losses["total"]
             if not torch.isfinite(total):
                 optimizer.zero_grad(set_to_none=True)

@@ -40,7 +40,7 @@ from glus.errors import GlusError
 from glus.fileio import atomic_write_bytes, atomic_write_json, read_json_object
 from glus.model.glus import GLUSModel, TrainForward
 from glus.model.losses import ContrastiveConfig, GLUSLossWeights, ObjectContrastiveLoss
-from glus.model.mllm import apply_lora, merge_lora
+from glus.model.mllm import TRAINABLE_PATTERNS, apply_lora, merge_lora
 from glus.prompts import PromptBuilder
 from glus.train.config import TrainConfig
 from glus.train.schedule import WarmupDecay, warmup_decay_scheduler
@@ -56,6 +56,7 @@ CURVES_NAME = "train_curves.png"
 # Settings a resumed run may change: where and how fast it runs, how often it saves or validates, how long it goes.
 _FREE_ON_RESUME = frozenset({"out", "steps", "save_every", "keep_last", "num_workers", "threads", "device",
                              "val_data", "val_every", "val_videos", "val_key_frame"})
+_REPORT_SECONDS = 60.0  # a progress line in the log (and the CSV on disk) at most this often
 LOG_COLUMNS = ("step", "lr", "total", "ce", "bce", "dice", "contrastive", "grad_norm", "samples_per_s")
 
 
@@ -196,7 +197,8 @@ class Trainer:
         cfg = self.config
         base, tokenizer = self._build_model()
         model = apply_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                           target_modules=cfg.lora_targets)
+                           target_modules=cfg.lora_targets,
+                           trainable_patterns=(*TRAINABLE_PATTERNS, *cfg.extra_trainable))
         if cfg.gradient_checkpointing:
             base.gradient_checkpointing_enable()
         model.train()
@@ -241,11 +243,13 @@ class Trainer:
         loader = self._loader(base, tokenizer, start)
         settings = StepSettings(
             weights=GLUSLossWeights(cfg.ce_weight, cfg.bce_weight, cfg.dice_weight, cfg.contrastive_weight),
-            ce_on=cfg.ce_on, memory_grad=cfg.memory_grad, memory_bank=cfg.memory_bank, grad_clip=cfg.grad_clip)
+            ce_on=cfg.ce_on, memory_grad=cfg.memory_grad, memory_bank=cfg.memory_bank, image_grad=cfg.image_grad,
+            grad_clip=cfg.grad_clip)
         log = _TrainLog(self.run_dir / LOG_NAME, start) if self.rank == 0 else None
         result: StepResult | None = None
         batches = iter(loader)
         per_step = cfg.batch_size * cfg.grad_accumulation * self.world
+        last_report = time.perf_counter()
         with tqdm(total=cfg.steps, initial=start, unit="step", desc="train", disable=self.rank != 0 or None,
                   dynamic_ncols=True) as bar:
             for step in range(start, cfg.steps):
@@ -260,6 +264,13 @@ class Trainer:
                                 samples_s=f"{rate:.2f}", refresh=False)
                 bar.update(1)
                 done = step + 1
+                if log is not None and time.perf_counter() - last_report > _REPORT_SECONDS:
+                    # Without a terminal (a background run) the bar is off: a log line and the CSV instead.
+                    last_report = time.perf_counter()
+                    left = (cfg.steps - done) * (last_report - started) / max(done - start, 1)
+                    logger.info("step %d/%d: loss %.4f, lr %.2e, %.2f samples/s, about %.0f min left", done,
+                                cfg.steps, result.losses["total"], result.lr, rate, left / 60)
+                    log.flush()
                 if done % cfg.save_every == 0 or done == cfg.steps:
                     self._save_checkpoint(done, params, trainable, optimizer, scheduler, contrastive, result)
                     if log is not None:
