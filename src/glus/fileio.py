@@ -57,8 +57,14 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = None) 
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
-def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    """Load a whole (small) JSON file; a missing file or invalid JSON is a one-line :class:`GlusError`."""
+def read_json(path: str | Path, what: str = "JSON file", *, unreadable: str | None = None) -> Any:
+    """Load a whole (small) JSON file; a missing file or invalid JSON is a one-line :class:`GlusError`.
+
+    Args:
+        what: what the file is, for the messages (``"config.json"``, ``"key-frame file"``).
+        unreadable: the message for a file that is there but not readable JSON, with ``{detail}`` for what is wrong
+            (default: the detail alone, e.g. ``invalid JSON at line 1 column 2: ...``).
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -66,11 +72,14 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     except FileNotFoundError:
         raise GlusError(f"{what} not found", path) from None
     except IsADirectoryError:
-        raise GlusError(f"{what} is a folder, not a JSON file", path) from None
+        detail = f"{what} is a folder, not a JSON file"
     except json.JSONDecodeError as exc:
-        raise GlusError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", path) from None
+        detail = f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
     except UnicodeDecodeError as exc:
-        raise GlusError(f"invalid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})", path) from None
+        detail = f"invalid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except OSError as exc:
+        detail = f"cannot read the {what} ({exc.strerror or exc})"
+    raise GlusError(detail if unreadable is None else unreadable.replace("{detail}", detail), path)
 
 
 def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:

@@ -15,7 +15,6 @@ Key frames come from three places:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,12 @@ from typing import Sequence
 
 import numpy as np
 
-from glus.errors import GlusError
+from glus.errors import GlusError, ParameterError
+from glus.fileio import read_json
+
+#: Where an expression's passes start: ``None`` (one forward pass from frame 0), a frame index, or ``"auto"`` (the
+#: built-in selector).
+KeyFrame = int | str | None
 
 
 @dataclass(frozen=True)
@@ -71,12 +75,7 @@ def merge_passes(passes: Sequence[Pass], num_frames: int) -> np.ndarray:
 def load_key_frame_json(path: str | Path) -> dict[str, str]:
     """Read a released key-frame file ``{"<video>_<exp_id>": "<frame name>"}``; one-line error if malformed."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GlusError("key-frame file not found", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GlusError(f"not a readable JSON file ({exc})", path) from None
+    data = read_json(path, "key-frame file", unreadable="not a readable JSON file ({detail})")
     if not isinstance(data, dict):
         raise GlusError("expected a JSON object mapping '<video>_<exp_id>' to a frame name", path)
     out: dict[str, str] = {}
@@ -85,6 +84,37 @@ def load_key_frame_json(path: str | Path) -> dict[str, str]:
             raise GlusError(f"entry {key!r}: frame name must be a string or integer, got {value!r}", path)
         out[str(key)] = str(value)
     return out
+
+
+def parse_key_frame(value: KeyFrame, *, frame_index: bool = True) -> KeyFrame:
+    """A key-frame setting as given by a user or caller, checked: ``None``, ``"auto"`` or a frame index ``>= 0``.
+
+    ``None``, ``"none"`` and ``""`` mean one forward pass; ``"auto"`` the built-in selector; an ``int`` or a
+    decimal string a frame index (not checked against a video's length here). Text is read case-insensitively.
+    ``frame_index=False`` takes only ``none`` and ``auto`` (dataset runs, whose indices come from key-frame files).
+
+    Raises:
+        ParameterError: anything else, naming the parameter ``key_frame``.
+    """
+    if value is None:
+        return None
+    index = value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("none", ""):
+            return None
+        if text == "auto":
+            return "auto"
+        try:
+            index = int(text)
+        except ValueError:
+            index = None
+    if not frame_index or isinstance(index, bool) or not isinstance(index, int):
+        choices = "none, auto or a frame index" if frame_index else "one of none, auto"
+        raise ParameterError(f"{{key_frame}} must be {choices}, got {value!r}")
+    if index < 0:
+        raise ParameterError(f"{{key_frame}} must be >= 0, got {index}")
+    return index
 
 
 def resolve_key_frame(frame: str | int, frame_names: Sequence[str], where: str = "") -> int:

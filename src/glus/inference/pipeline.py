@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from glus.data.masks import decode_rle, encode_rle
 from glus.data.sampling import inference_context_frames, query_window
 from glus.inference.frames import FrameStore
-from glus.inference.keyframes import Pass, frame_quality, merge_passes, plan_passes, select_key_frame
+from glus.inference.keyframes import (KeyFrame, Pass, frame_quality, merge_passes, parse_key_frame, plan_passes,
+                                     select_key_frame)
 from glus.inference.protocol import blank_prediction
 from glus.inference.results import CollectSink, ExpressionResult, FramePrediction, MaskSink
 from glus.model.memory_bank import MemoryBank
@@ -40,8 +41,6 @@ from glus.model.mllm import PrefixCache
 from glus.prompts import InferenceConversation, PromptBuilder, tokenizer_image_token
 
 logger = logging.getLogger(__name__)
-
-KeyFrame = int | str | None  # None: one forward pass; int: that frame; "auto": the built-in selector
 
 # An item of a prompt signature: a token id, or ("img", frame index) for an <image> placeholder.
 _Item = int | tuple[str, int]
@@ -351,14 +350,12 @@ class GLUSPipeline:
         texts = [expressions] if isinstance(expressions, str) else list(expressions)
         self.check_expressions(texts)
         keys = list(key_frame) if isinstance(key_frame, (list, tuple)) else [key_frame] * len(texts)
-        keys = [None if k in (None, "none") else k for k in keys]
+        keys = [parse_key_frame(k) for k in keys]
         frames, owned = _as_frame_store(video)
         try:
             for k in keys:
-                if isinstance(k, int) and not 0 <= k < len(frames):
+                if isinstance(k, int) and k >= len(frames):
                     raise GlusError(f"key frame {k} outside the video's frames 0..{len(frames) - 1}")
-                if not (k is None or k == "auto" or isinstance(k, int)):
-                    raise GlusError(f"key frame must be 'none', 'auto' or a frame index, got {k!r}")
             if mode == "fast":
                 return segment_video(self.model, self.tokenizer, frames, texts, keys, sink=sink,
                                      max_batch=self.max_batch, progress=self.progress)
