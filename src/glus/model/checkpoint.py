@@ -53,6 +53,13 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise GlusError(f"unknown precision {dtype!r}; choose fp32, bf16 or fp16") from None
 
 
+def check_compat(compat: str | None) -> Compat | None:
+    """``compat`` checked: ``None`` (the default of the folder's format), ``"official"`` or ``"stored"``."""
+    if compat not in (None, "official", "stored"):
+        raise GlusError(f"unknown compat {compat!r}; choose official or stored")
+    return compat
+
+
 def is_glus_format(folder: Path) -> bool:
     config = folder / "config.json"
     if not config.is_file():
@@ -216,8 +223,7 @@ def from_pretrained(path_or_id: str | Path, *, vision_tower: str | Path | None =
     if load_in_bits is not None:
         check_quantization(load_in_bits, device)
     folder = resolve_checkpoint(path_or_id)
-    if compat not in (None, "official", "stored"):
-        raise GlusError(f"unknown compat {compat!r}; choose official or stored")
+    check_compat(compat)
     if is_glus_format(folder):
         if vision_tower is not None or sam2_config is not None:
             logger.warning("%s is in glus format: --vision-tower / --sam2-config are ignored", folder)
