@@ -340,3 +340,19 @@ def test_training_the_image_encoder_too(mevis: Path, tmp_path: Path, tok) -> Non
         base.forward_train(batch, image_grad=image_grad)["total"].backward()
         reached = [params[k].grad is not None and bool(params[k].grad.any()) for k in encoder]
         assert any(reached) == image_grad
+
+
+def test_gradient_checkpointing_gives_the_same_step(mevis: Path, tmp_path: Path, tok) -> None:
+    batch = [_training_set(mevis, tok)[i] for i in range(2)]
+    grads = []
+    for checkpointing in (False, True):
+        cfg = load_train_config(None, settings(mevis, tmp_path / f"run{checkpointing}", "lora_dropout=0",
+                                               "mem_attn_dropout=0",
+                                               f"gradient_checkpointing={str(checkpointing).lower()}"))
+        base, model, _, params, trainable = Trainer(cfg).prepare()
+        assert base.is_gradient_checkpointing == checkpointing
+        base.forward_train(batch)["total"].backward()
+        grads.append({k: params[k].grad.clone() for k in trainable if params[k].grad is not None})
+    assert sorted(grads[0]) == sorted(grads[1])
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], rtol=1e-4, atol=1e-7, msg=key)
