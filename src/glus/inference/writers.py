@@ -20,7 +20,6 @@ expression folder; submission tools should take ``*.png`` only.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -31,7 +30,7 @@ import numpy as np
 
 from glus.data.masks import encode_rle, write_mask_png
 from glus.errors import GlusError
-from glus.fileio import FILE_MODE, atomic_write_bytes, atomic_write_json
+from glus.fileio import FILE_MODE, atomic_write_bytes, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ DONE_MARKER = ".done"
 def ensure_writable_dir(path: str | Path) -> Path:
     """Create ``path`` (and parents) if needed and check that files can be created in it.
 
-    Call this before any expensive work so that a bad ``--output`` fails in a second, not after an hour.
+    Call this before any expensive work so that a bad output folder fails in a second, not after an hour.
 
     Raises:
         GlusError: the path is a file, cannot be created, or is not writable.
@@ -77,8 +76,8 @@ def is_expression_done(exp_dir: str | Path, frame_names: Sequence[str]) -> bool:
     """True when ``exp_dir`` holds a complete, finished set of PNGs for exactly ``frame_names``."""
     exp_dir = Path(exp_dir)
     try:
-        recorded = json.loads((exp_dir / DONE_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        recorded = read_json(exp_dir / DONE_MARKER, "done marker")
+    except GlusError:  # missing, or cut short by a crash: not done
         return False
     if not isinstance(recorded, dict) or recorded.get("frames") != list(frame_names):
         return False
