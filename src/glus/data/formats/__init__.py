@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from glus.data.records import Dataset
 from glus.errors import GlusError
+
+if TYPE_CHECKING:  # the readers import it; the names alone (the command line's choices) stay light
+    from glus.data.records import Dataset
 
 __all__ = ["DATASET_NAMES", "load_dataset"]
 
