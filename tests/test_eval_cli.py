@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from glus.cli import main as cli_main
-from glus.eval.command import example_dir
+from glus.eval.example import example_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO = "sav_000001"

@@ -21,7 +21,7 @@ import pytest
 from glus.data.formats import load_dataset
 from glus.data.masks import write_mask_png
 from glus.data.synthetic import make_video, write_mevis_split
-from glus.inference.runner import SUMMARY_NAME, read_summary, run_dataset
+from glus.inference.runner import SUMMARY_NAME, InferSettings, read_summary, run_dataset
 from glus.inference.writers import DONE_MARKER, is_expression_done
 
 SAM_SIZE = 128
@@ -54,7 +54,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def uninterrupted(split: Path, model: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run."""
     out = tmp_path_factory.mktemp("uninterrupted") / "pred"
-    report = run_dataset("mevis", split, out, progress=False, env={}, **model)
+    report = run_dataset(InferSettings("mevis", split, out, **model), progress=False, env={})
     assert report.status == "complete" and report.expressions_written == NUM_VIDEOS * 3
     return out
 
@@ -111,7 +111,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(split: Path, model: dict
     assert 0 < done_at_kill < total
     assert read_summary(out)["shards"]["0"]["status"] == "running"  # the killed run never finished its entry
 
-    report = run_dataset("mevis", split, out, progress=False, env={}, **model)
+    report = run_dataset(InferSettings("mevis", split, out, **model), progress=False, env={})
     assert report.status == "complete"
     assert report.expressions_done_before == done_at_kill
     assert report.expressions_written == total - done_at_kill
@@ -141,7 +141,7 @@ def test_rerun_skips_done_expressions_and_redoes_partial_ones(split: Path, model
     changed_bytes = changed.read_bytes()
     assert changed_bytes != (uninterrupted / "clip4" / "2" / f"{names[0]}.png").read_bytes()
 
-    report = run_dataset("mevis", split, out, progress=False, env={}, **model)
+    report = run_dataset(InferSettings("mevis", split, out, **model), progress=False, env={})
     assert report.expressions_done_before == NUM_VIDEOS * 3 - 2
     assert report.expressions_written == 2 and report.frames_written == 2 * NUM_FRAMES
 

@@ -23,8 +23,9 @@ from glus.data.video import open_video
 from glus.errors import GlusError
 from glus.inference.frames import FrameStore
 from glus.inference.pipeline import GLUSPipeline
-from glus.inference.runner import (SUMMARY_NAME, Shard, assign_shards, expression_frames, plan_key_frames,
-                                   read_summary, resolve_device, resolve_shard, run_dataset)
+from glus.distributed import Shard, assign_shards, resolve_device, resolve_shard
+from glus.inference.runner import (SUMMARY_NAME, InferSettings, expression_frames, plan_key_frames, read_summary,
+                                   run_dataset)
 from glus.inference.writers import DONE_MARKER
 
 SAM_SIZE = 128
@@ -176,7 +177,7 @@ def test_resolve_shard_from_flags_and_torchrun() -> None:
     # Array job 1 of 3, each running torchrun over 2 GPUs: shards nest.
     assert resolve_shard(3, 1, env={"RANK": "1", "WORLD_SIZE": "2"}) == Shard(3, 6)
     for flags, env, message in [((2, None), {}, "go together"), ((None, 0), {}, "go together"),
-                                ((2, 2), {}, "--shard-index must be in 0..1"), ((0, 0), {}, "--num-shards >= 1"),
+                                ((2, 2), {}, "shard.index must be in 0..1"), ((0, 0), {}, "num.shards >= 1"),
                                 ((None, None), {"RANK": "3", "WORLD_SIZE": "2"}, "inconsistent"),
                                 ((None, None), {"WORLD_SIZE": "two"}, "WORLD_SIZE='two'")]:
         with pytest.raises(GlusError, match=message):
@@ -339,8 +340,9 @@ def test_run_dataset_api_reports_counts(split: Path, single_run: Path, model_arg
     out = tmp_path / "pred"
     shutil.copytree(single_run, out)
     args = dict(zip(model_args[::2], model_args[1::2]))
-    report = run_dataset("mevis", split, out, args["--model"], vision_tower=args["--vision-tower"],
-                         sam2_config=args["--sam2-config"], num_shards=2, shard_index=1, progress=False, env={})
+    report = run_dataset(InferSettings("mevis", split, out, args["--model"], vision_tower=args["--vision-tower"],
+                                       sam2_config=args["--sam2-config"], num_shards=2, shard_index=1),
+                         progress=False, env={})
     # Everything is done already: the model is never loaded (no_model_loading) and nothing is written.
     assert (report.status, report.videos, report.expressions, report.expressions_done_before) == ("complete", 2, 6, 6)
     assert report.expressions_written == report.frames_written == 0 and report.model_load_seconds == 0

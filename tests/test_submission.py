@@ -14,7 +14,7 @@ from PIL import Image
 
 from glus.cli import main as cli_main
 from glus.data.formats import load_dataset
-from glus.eval.command import example_dir
+from glus.eval.example import example_dir
 from glus.eval.submission import check_submission
 
 VIDEO = "sav_000001"

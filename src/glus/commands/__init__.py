@@ -1,7 +1,16 @@
-"""The command layer: one module per ``glus`` sub-command, the only modules that see argparse, rich and exit codes."""
+"""The command layer: one module per ``glus`` sub-command, the only modules that see argparse, rich and exit codes.
+
+Every module has ``register(sub)`` (declare the sub-command and its arguments, ``set_defaults(func=run)``) and
+``run(args) -> int`` (call one typed library function, report, return the exit status); :mod:`glus.cli` lists them.
+A module imports its library lazily, inside ``run``, so ``glus --help`` stays fast.
+
+Library errors name parameters, not flags (:class:`glus.errors.ParameterError`); options keep the library's
+parameter names as their ``dest`` so that :func:`flag_names` can call them by their flags.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from typing import Iterator
 
@@ -19,3 +28,20 @@ def transformers_progress_bars_off() -> Iterator[None]:
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``{dest: "--long-flag"}`` for the options of ``parser``: the names a library parameter has on this command."""
+    return {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that say which model to load and how (``glus segment`` and ``glus infer``)."""
+    p.add_argument("--model", required=True, help="checkpoint folder or hub id (released layout or glus format)")
+    p.add_argument("--vision-tower", default=None, help="CLIP folder or id (released checkpoints)")
+    p.add_argument("--sam2-config", default=None, help="Meta SAM-2 yaml (released checkpoints; default Hiera-L)")
+    p.add_argument("--compat", default=None, choices=("official", "stored"),
+                   help="fuser gamma of released checkpoints: official (the authors' 1e-6) or stored values")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--load-in", type=int, default=None, choices=(4, 8), dest="load_in_bits",
+                   help="load the LLM in 4 or 8 bits with bitsandbytes (CUDA only)")

@@ -1,4 +1,4 @@
-"""Evaluation outputs: the result JSON, per-expression and per-frame CSV tables, and the summary table.
+"""Evaluation outputs: the result JSON, per-expression and per-frame CSV tables, and the headline numbers.
 
 Every file is written atomically (a temporary file in the destination folder, then ``os.replace``), so an
 interrupted run never leaves a half-written result behind.
@@ -11,10 +11,9 @@ import io
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
-
-from rich.table import Table
 
 from glus.eval.protocols import EvaluationResult
 from glus.fileio import atomic_write_bytes
@@ -23,7 +22,7 @@ from glus.eval.scoring import iter_frames
 logger = logging.getLogger(__name__)
 
 __all__ = ["atomic_write_text", "write_json", "write_csv", "expression_rows", "frame_rows", "report_paths",
-           "write_reports", "summary_table"]
+           "write_reports", "SummaryTable", "summary_table"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -130,36 +129,43 @@ def _pct(value: float | None, scale: float = 100.0) -> str:
     return "-" if value is None else f"{value * scale:.2f}"
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
-    """A rich table of the headline numbers (percent)."""
+@dataclass(frozen=True)
+class SummaryTable:
+    """The headline numbers of a result as a table of text cells (percent), for a front end to draw.
+
+    Attributes:
+        title: dataset and split; caption: protocol, expressions scored and missing.
+        columns: column names; the columns from ``first_number`` on hold numbers (right-aligned).
+        rows: one list of cells per row, as many as ``columns``.
+    """
+
+    title: str
+    columns: list[str]
+    first_number: int
+    rows: list[list[str]]
+    caption: str
+
+
+def summary_table(summary: dict[str, Any]) -> SummaryTable:
+    """The headline numbers of an evaluation summary (:attr:`EvaluationResult.summary`), per protocol."""
     protocol = summary.get("protocol", "")
     title = f"{summary.get('dataset', '')} {summary.get('split', '')}".strip()
     official = summary.get("official", {})
     if protocol == "revos":
-        table = Table(title=title)
-        table.add_column("group")
-        for m in ("J", "F", "J&F", "A", "R"):
-            table.add_column(m, justify="right")
-        for group in ("referring", "reason", "overall"):
-            g = official.get(group, {})
-            table.add_row(group, *(_pct(g.get(k), 1.0) for k in ("J", "F", "JF", "A", "R")))
+        columns, first_number = ["group", "J", "F", "J&F", "A", "R"], 1
+        rows = [[group, *(_pct(official.get(group, {}).get(k), 1.0) for k in ("J", "F", "JF", "A", "R"))]
+                for group in ("referring", "reason", "overall")]
     elif protocol == "referformer":
-        table = Table(title=title)
-        table.add_column("annotator set")
-        for m in ("J&F", "J", "F"):
-            table.add_column(m, justify="right")
-        for name, g in official.get("annotators", {}).items():
-            table.add_row(name, *(_pct(g.get(k)) for k in ("J&F-Mean", "J-Mean", "F-Mean")))
-        table.add_row("mean", _pct(summary.get("J&F")), _pct(summary.get("J")), _pct(summary.get("F")))
+        columns, first_number = ["annotator set", "J&F", "J", "F"], 1
+        rows = [[name, *(_pct(g.get(k)) for k in ("J&F-Mean", "J-Mean", "F-Mean"))]
+                for name, g in official.get("annotators", {}).items()]
+        rows.append(["mean", _pct(summary.get("J&F")), _pct(summary.get("J")), _pct(summary.get("F"))])
     else:
-        table = Table(title=title)
-        for m in ("J&F", "J", "F"):
-            table.add_column(m, justify="right")
-        table.add_row(_pct(summary.get("J&F")), _pct(summary.get("J")), _pct(summary.get("F")))
+        columns, first_number = ["J&F", "J", "F"], 0
+        rows = [[_pct(summary.get("J&F")), _pct(summary.get("J")), _pct(summary.get("F"))]]
     n, scored = summary.get("num_expressions", 0), summary.get("num_scored", 0)
     caption = f"{protocol} protocol: {scored} of {n} expressions scored"
     if summary.get("missing"):
         caption += f", {len(summary['missing'])} without a usable prediction"
         caption += " (left out, as the official script does)" if summary.get("dropped") else " (scored 0)"
-    table.caption = caption
-    return table
+    return SummaryTable(title, columns, first_number, rows, caption)

@@ -17,7 +17,6 @@ The zip is written to a temporary file beside the destination and moved into pla
 
 from __future__ import annotations
 
-import argparse
 import logging
 import struct
 import zipfile
@@ -27,8 +26,6 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from rich.console import Console
-from tqdm import tqdm
 
 from glus.data.formats import load_dataset
 from glus.data.records import Dataset
@@ -38,7 +35,7 @@ from glus.eval.predictions import PredictionError, decode_mask_png
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ZIP_PREFIX", "SubmissionCheck", "check_submission", "write_submission_zip", "submit_command"]
+__all__ = ["ZIP_PREFIX", "SubmissionCheck", "check_submission", "make_submission", "write_submission_zip"]
 
 #: Folder inside the zip that the server expects the predictions under.
 ZIP_PREFIX = {"mevis": "", "refytvos": "Annotations/"}
@@ -181,30 +178,27 @@ def write_submission_zip(check: SubmissionCheck, out_zip: str | Path) -> Path:
     return out_zip
 
 
-def submit_command(args: argparse.Namespace) -> int:
-    """Run ``glus submit`` from parsed arguments (see :func:`glus.cli.add_submit`)."""
-    dataset = load_dataset(args.dataset, args.split_dir, getattr(args, "split", None))
-    out_zip = Path(args.out_zip)
+def make_submission(dataset: str, split_dir: str | Path, pred_dir: str | Path, out_zip: str | Path, *,
+                    split: str | None = None, convert: bool = False, progress: Callable[[int], None] | None = None,
+                    on_start: Callable[[int], None] | None = None) -> SubmissionCheck:
+    """Check ``pred_dir`` against a split and, when nothing is wrong, write the server's zip ``out_zip``.
+
+    Args:
+        dataset: ``mevis`` or ``refytvos`` (:data:`ZIP_PREFIX`); split_dir / split: as
+            :func:`glus.data.formats.load_dataset` takes them.
+        convert: re-encode readable masks of another kind (see the module docstring).
+        progress: called with 1 per expression checked; on_start: called once with the number of expressions.
+
+    Returns:
+        The check; ``check.ok`` is False (and nothing was written) when the folder cannot be submitted.
+    """
+    split_data = load_dataset(dataset, split_dir, split)
+    out_zip = Path(out_zip)
     if out_zip.suffix.lower() != ".zip":
         raise GlusError("the output must be a .zip file", out_zip)
-    bar = tqdm(total=dataset.num_expressions, unit="expr", desc="checking", disable=None, leave=False)
-    try:
-        check = check_submission(dataset, args.pred_dir, convert=getattr(args, "convert", False),
-                                 progress=bar.update)
-    finally:
-        bar.close()
-    console = Console(stderr=True, soft_wrap=True)
-    if not check.ok:
-        for line in check.problems[:20]:
-            console.print(f"  {line}", highlight=False)
-        if len(check.problems) > 20:
-            console.print(f"  ... and {len(check.problems) - 20} more", highlight=False)
-        raise GlusError(f"{len(check.problems)} problems in the predictions (listed above); no zip written",
-                        args.pred_dir)
-    write_submission_zip(check, out_zip)
-    note = f", {len(check.convert)} converted to 8-bit 0/255" if check.convert else ""
-    extra = f"; {check.extra} files not in the split left out" if check.extra else ""
-    summary = (f"{check.expressions} expressions, {len(check.files)} frames checked{note}{extra}; "
-               f"wrote {out_zip} ({out_zip.stat().st_size / 1e6:.1f} MB, {args.dataset} layout)")
-    Console(soft_wrap=True).print(summary, highlight=False)
-    return 0
+    if on_start is not None:
+        on_start(split_data.num_expressions)
+    check = check_submission(split_data, pred_dir, convert=convert, progress=progress)
+    if check.ok:
+        write_submission_zip(check, out_zip)
+    return check

@@ -28,6 +28,8 @@ from glus.fileio import read_json
 #: Where an expression's passes start: ``None`` (one forward pass from frame 0), a frame index, or ``"auto"`` (the
 #: built-in selector).
 KeyFrame = int | str | None
+#: The key-frame settings that name no frame (what a dataset run takes; its frames come from key-frame files).
+KEY_FRAME_MODES = ("none", "auto")
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def parse_key_frame(value: KeyFrame, *, frame_index: bool = True) -> KeyFrame:
         except ValueError:
             index = None
     if not frame_index or isinstance(index, bool) or not isinstance(index, int):
-        choices = "none, auto or a frame index" if frame_index else "one of none, auto"
+        choices = "none, auto or a frame index" if frame_index else f"one of {', '.join(KEY_FRAME_MODES)}"
         raise ParameterError(f"{{key_frame}} must be {choices}, got {value!r}")
     if index < 0:
         raise ParameterError(f"{{key_frame}} must be >= 0, got {index}")

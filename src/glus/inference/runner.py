@@ -7,103 +7,123 @@ read, frame names from the dataset's :attr:`~glus.data.records.Video.frame_names
 Sharding. The videos of the split (after ``limit_videos``) are split by video into ``N`` shards, balanced by
 *expression-frames* (expressions x frames, what inference time grows with) with the longest-first greedy rule:
 deterministic, so every process computes the same division and shard ``i`` of ``N`` is the same set of videos
-on every rerun. The shard of a process comes from ``--num-shards / --shard-index`` (a cluster scheduler's array
-jobs) or from ``torchrun``'s ``RANK`` / ``WORLD_SIZE``; both together nest (``index * WORLD_SIZE + RANK`` of
-``N * WORLD_SIZE``). With ``--device cuda`` under ``torchrun`` each process takes ``cuda:$LOCAL_RANK``.
-Processes do not talk to each other: no process group is needed.
+on every rerun. The shard of a process comes from ``num_shards / shard_index`` (a cluster scheduler's array
+jobs) or from ``torchrun``'s ``RANK`` / ``WORLD_SIZE`` (:func:`glus.distributed.resolve_shard`); with ``device
+"cuda"`` under ``torchrun`` each process takes ``cuda:$LOCAL_RANK``. Processes do not talk to each other: no process
+group is needed.
 
 Resuming. :class:`~glus.inference.writers.PngMaskSink` writes every PNG atomically and an expression's ``.done``
 marker once all its frames are on disk. A rerun skips expressions whose marker and PNGs are complete and redoes
 the others (removing temporary files an interrupted write left behind); a video whose expressions are all done
 is not even opened, and a run with nothing left to do does not load the model. The summary records the settings
-that decide the masks (model, precision, key frames, ...); a rerun with other settings into the same folder is
-refused, so one folder never mixes the masks of two configurations.
+that decide the masks (model, precision, key frames, ...: :meth:`InferSettings.mask_settings`); a rerun with other
+settings into the same folder is refused, so one folder never mixes the masks of two configurations.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
-import heapq
-import json
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from glus.data.formats import load_dataset
 from glus.data.records import Video
-from glus.errors import GlusError
-from glus.fileio import atomic_write_json
-from glus.inference.keyframes import load_key_frame_json, resolve_key_frame
+from glus.distributed import Shard, assign_shards, check_device, resolve_device, resolve_shard
+from glus.errors import GlusError, ParameterError
+from glus.fileio import atomic_write_json, read_json
+from glus.inference.keyframes import KeyFrame, load_key_frame_json, parse_key_frame, resolve_key_frame
 from glus.inference.writers import ensure_writable_dir, expression_dir, is_expression_done
-
-if TYPE_CHECKING:
-    from glus.inference.pipeline import KeyFrame  # None (one pass from frame 0), a frame index, or "auto"
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "infer_summary.json"
 SUMMARY_FORMAT = "glus-infer-summary"
 SUMMARY_VERSION = 1
-KEY_FRAME_MODES = ("none", "auto")
 
 
-# ---------------------------------------------------------------------------------------------- sharding
+# ---------------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` of ``count`` (0-based)."""
+class InferSettings:
+    """What one ``glus infer`` process is asked to do: one shard of a dataset split into one prediction folder.
 
-    index: int = 0
-    count: int = 1
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise GlusError(f"shard index must be in 0..count-1 with count >= 1, got {self.index} of {self.count}")
-
-    def __str__(self) -> str:
-        return f"{self.index}-of-{self.count}"
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    value = env.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise GlusError(f"environment variable {name}={value!r} is not an integer") from None
-
-
-def resolve_shard(num_shards: int | None = None, shard_index: int | None = None,
-                  env: Mapping[str, str] | None = None) -> Shard:
-    """The shard this process runs: from the flags, from ``torchrun``'s ``RANK`` / ``WORLD_SIZE``, or both nested.
-
-    Args:
-        num_shards, shard_index: ``--num-shards`` / ``--shard-index`` (both or neither).
-        env: the environment (default ``os.environ``).
+    Attributes:
+        dataset: a name of :data:`glus.data.formats.DATASET_NAMES`; split_dir / split: as
+            :func:`glus.data.formats.load_dataset` takes them.
+        out_dir: the prediction folder (created; must be writable).
+        model, vision_tower, sam2_config, compat, dtype, load_in_bits: as
+            :func:`glus.model.checkpoint.from_pretrained` takes them.
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (``cuda`` under ``torchrun``: ``cuda:$LOCAL_RANK``).
+        key_frame: ``"none"`` (one forward pass from frame 0) or ``"auto"`` (the built-in selector), for the
+            expressions ``key_frame_json`` does not list.
+        key_frame_json: a released key-frame file ``{"<video>_<exp_id>": "<frame>"}``.
+        num_shards, shard_index: this process's shard (else ``torchrun``'s ``RANK`` / ``WORLD_SIZE``, else all).
+        max_batch: most prompts per LLM call.
+        limit_videos: only the first ``N`` videos of the split (in the dataset's order), before sharding.
     """
-    env = os.environ if env is None else env
-    world = _env_int(env, "WORLD_SIZE", 1)
-    rank = _env_int(env, "RANK", 0)
-    if world < 1 or not 0 <= rank < world:
-        raise GlusError(f"RANK={rank} / WORLD_SIZE={world} from the environment are inconsistent")
-    if (num_shards is None) != (shard_index is None):
-        raise GlusError("--num-shards and --shard-index go together")
-    if num_shards is None:
-        return Shard(rank, world)
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise GlusError(f"--shard-index must be in 0..{num_shards - 1} and --num-shards >= 1, "
-                        f"got --shard-index {shard_index} --num-shards {num_shards}")
-    return Shard(shard_index * world + rank, num_shards * world)
+
+    dataset: str
+    split_dir: str | Path
+    out_dir: str | Path
+    model: str | Path
+    split: str | None = None
+    vision_tower: str | Path | None = None
+    sam2_config: str | Path | None = None
+    compat: str | None = None
+    device: str = "cpu"
+    dtype: str = "fp32"
+    load_in_bits: int | None = None
+    key_frame: str = "none"
+    key_frame_json: str | Path | None = None
+    num_shards: int | None = None
+    shard_index: int | None = None
+    max_batch: int = 16
+    limit_videos: int | None = None
+
+    def check(self) -> None:
+        """One-line errors for values that are wrong whatever the data (cheap: no file is read)."""
+        from glus.model.checkpoint import check_compat, parse_dtype
+
+        self.key_frame_mode()
+        parse_dtype(self.dtype)
+        if self.max_batch < 1:
+            raise ParameterError(f"{{max_batch}} must be >= 1, got {self.max_batch}")
+        if self.limit_videos is not None and self.limit_videos < 1:
+            raise ParameterError(f"{{limit_videos}} must be >= 1, got {self.limit_videos}")
+        check_compat(self.compat)
+
+    def key_frame_mode(self) -> str:
+        """``key_frame`` checked and in one spelling: ``"none"`` or ``"auto"``."""
+        return parse_key_frame(self.key_frame, frame_index=False) or "none"
+
+    def mask_settings(self, split: str) -> dict[str, Any]:
+        """The summary's ``"settings"``: what decides the masks (a rerun into the same folder must agree).
+
+        Local paths are made absolute, the precision has one name (``bf16`` == ``bfloat16``) and the key-frame
+        file is recorded with its SHA-256. ``split``: the split name the dataset was read as.
+        """
+        from glus.model.checkpoint import parse_dtype
+
+        return {
+            "dataset": self.dataset, "split": split, "model": _identity(self.model),
+            "vision_tower": _identity(self.vision_tower), "sam2_config": _identity(self.sam2_config),
+            "compat": self.compat, "dtype": str(parse_dtype(self.dtype)).removeprefix("torch."),
+            "load_in_bits": self.load_in_bits, "key_frame": self.key_frame_mode(),
+            "key_frame_json": None if self.key_frame_json is None else {
+                "path": _identity(self.key_frame_json), "sha256": _file_digest(Path(self.key_frame_json))},
+        }
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings in the summary's ``"run"``: what a rerun may change without changing a mask."""
+        return {"split_dir": _identity(self.split_dir), "limit_videos": self.limit_videos, "max_batch": self.max_batch}
 
 
 def expression_frames(video: Video) -> int:
@@ -111,69 +131,7 @@ def expression_frames(video: Video) -> int:
     return len(video.expressions) * len(video.frame_names)
 
 
-def assign_shards(weights: Mapping[str, int], num_shards: int) -> list[list[str]]:
-    """Split videos into ``num_shards`` lists balanced by weight (greedy, heaviest video first).
-
-    Deterministic: ties go to the lower video id and the lower shard. Within a shard videos keep the order of
-    ``weights`` (the dataset's order).
-
-    Args:
-        weights: video id -> expression-frames, in dataset order.
-        num_shards: ``N >= 1``.
-
-    Returns:
-        ``N`` lists of video ids; together they hold every video exactly once.
-    """
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    loads = [(0, s) for s in range(num_shards)]  # a heap of (load, shard): pop gives the lightest, lowest index
-    shards: list[list[str]] = [[] for _ in range(num_shards)]
-    for video in sorted(weights, key=lambda v: (-weights[v], v)):
-        load, s = heapq.heappop(loads)
-        shards[s].append(video)
-        heapq.heappush(loads, (load + weights[video], s))
-    position = {video: i for i, video in enumerate(weights)}
-    return [sorted(videos, key=position.__getitem__) for videos in shards]
-
-
-# ---------------------------------------------------------------------------------------------- devices
-def resolve_device(device: str, env: Mapping[str, str] | None = None) -> str:
-    """``cpu``, ``cuda`` or ``cuda:N``; a bare ``cuda`` under ``torchrun`` becomes ``cuda:$LOCAL_RANK``."""
-    env = os.environ if env is None else env
-    text = str(device).strip().lower()
-    if text == "cpu":
-        return "cpu"
-    match = re.fullmatch(r"cuda(?::(\d+))?", text)
-    if match is None:
-        raise GlusError(f"unknown device {device!r}; choose cpu, cuda or cuda:N")
-    if match.group(1) is not None:
-        return text
-    if env.get("LOCAL_RANK", "") != "":
-        return f"cuda:{_env_int(env, 'LOCAL_RANK', 0)}"
-    return "cuda"
-
-
-def check_device(device: str) -> None:
-    """One-line error when a CUDA device is asked for and not there (before any model is loaded)."""
-    if not device.startswith("cuda"):
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise GlusError(f"--device {device}: no CUDA device is available to this process")
-    index = int(device.split(":")[1]) if ":" in device else 0
-    if index >= torch.cuda.device_count():
-        raise GlusError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-
-
 # ---------------------------------------------------------------------------------------------- key frames
-def parse_key_frame_mode(value: str | None) -> str:
-    mode = "none" if value is None else str(value).strip().lower()
-    if mode not in KEY_FRAME_MODES:
-        raise GlusError(f"--key-frame must be one of {', '.join(KEY_FRAME_MODES)}, got {value!r}")
-    return mode
-
-
 def plan_key_frames(videos: Sequence[Video], mode: str, table: Mapping[str, str] | None = None,
                     where: str | Path | None = None) -> dict[str, dict[str, KeyFrame]]:
     """The key-frame setting of every expression: ``{video: {exp_id: None | index | "auto"}}``.
@@ -202,7 +160,7 @@ def plan_key_frames(videos: Sequence[Video], mode: str, table: Mapping[str, str]
         if used == 0 and total:
             logger.warning("%s: no entry names an expression of this split (keys are '<video>_<exp_id>')", where)
         elif used < total:
-            logger.info("%s: %d of %d expressions have no entry; they use --key-frame %s",
+            logger.info("%s: %d of %d expressions have no entry; they use the key-frame mode %s",
                         where, total - used, total, mode)
     return plan
 
@@ -247,14 +205,12 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 def read_summary(out_dir: str | Path) -> dict[str, Any] | None:
     """The run summary of an output folder, ``None`` if there is none; one-line error if it is not one."""
     path = Path(out_dir) / SUMMARY_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists():  # summaries are only ever replaced, never removed: no race with a writer
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GlusError(f"not a readable run summary ({exc}); remove it or choose another --out", path) from None
+    data = read_json(path, "run summary",
+                     unreadable="not a readable run summary ({detail}); remove it or choose another output folder")
     if not isinstance(data, dict) or data.get("format") != SUMMARY_FORMAT:
-        raise GlusError("not a glus infer summary; remove it or choose another --out", path)
+        raise GlusError("not a glus infer summary; remove it or choose another output folder", path)
     return data
 
 
@@ -288,7 +244,7 @@ def update_summary(out_dir: Path, settings: Mapping[str, Any], shard: Shard, ent
         if summary is not None and summary.get("settings") != dict(settings):
             diff = "; ".join(_differences(summary.get("settings") or {}, settings))
             raise GlusError(f"this output folder holds predictions made with other settings ({diff}); choose "
-                            "another --out or remove the folder", out_dir / SUMMARY_NAME)
+                            "another output folder or remove this one", out_dir / SUMMARY_NAME)
         shards = dict(summary.get("shards", {})) if summary is not None else {}
         if any(int(s.get("num_shards", shard.count)) != shard.count for s in shards.values()):
             # Entries of an earlier division into another number of shards describe other video sets.
@@ -386,27 +342,12 @@ def check_frames(videos: Sequence[Video]) -> None:
                 raise GlusError(f"frame image of video {video.video_id} not found", path)
 
 
-def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model: str | Path, *,
-                split: str | None = None, vision_tower: str | Path | None = None,
-                sam2_config: str | Path | None = None, compat: str | None = None, device: str = "cpu",
-                dtype: str = "fp32", key_frame: str = "none", key_frame_json: str | Path | None = None,
-                num_shards: int | None = None, shard_index: int | None = None, max_batch: int = 16,
-                limit_videos: int | None = None, progress: bool = True,
-                env: Mapping[str, str] | None = None, load_in_bits: int | None = None) -> ShardReport:
-    """Segment every expression of one shard of a dataset split into ``out_dir`` (see the module docstring).
+def run_dataset(settings: InferSettings, *, progress: bool = True,
+                env: Mapping[str, str] | None = None) -> ShardReport:
+    """Segment every expression of one shard of a dataset split into ``settings.out_dir`` (see the module docstring).
 
     Args:
-        dataset: a name of :data:`glus.data.formats.DATASET_NAMES`; split_dir / split: as
-            :func:`glus.data.formats.load_dataset` takes them.
-        out_dir: the prediction folder (created; must be writable).
-        model, vision_tower, sam2_config, compat, dtype: as :func:`glus.model.checkpoint.from_pretrained`.
-        device: ``cpu``, ``cuda`` or ``cuda:N`` (``cuda`` under ``torchrun``: ``cuda:$LOCAL_RANK``).
-        key_frame: ``"none"`` (one forward pass from frame 0) or ``"auto"`` (the built-in selector), for the
-            expressions ``key_frame_json`` does not list.
-        key_frame_json: a released key-frame file ``{"<video>_<exp_id>": "<frame>"}``.
-        num_shards, shard_index: this process's shard (else ``torchrun``'s ``RANK`` / ``WORLD_SIZE``, else all).
-        max_batch: most prompts per LLM call.
-        limit_videos: only the first ``N`` videos of the split (in the dataset's order), before sharding.
+        settings: what to run (:class:`InferSettings`); the summary records it.
         progress: show a progress bar over expression-frames.
         env: environment to read ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` from (default ``os.environ``).
 
@@ -419,37 +360,23 @@ def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model:
     """
     started = time.perf_counter()
     # Cheap checks first: a typo must cost a second, not a model load.
-    out = ensure_writable_dir(out_dir)
-    mode = parse_key_frame_mode(key_frame)
-    from glus.model.checkpoint import parse_dtype
-
-    precision = str(parse_dtype(dtype)).removeprefix("torch.")  # one name per precision: bf16 == bfloat16
-    if max_batch < 1:
-        raise GlusError(f"--max-batch must be >= 1, got {max_batch}")
-    if limit_videos is not None and limit_videos < 1:
-        raise GlusError(f"--limit-videos must be >= 1, got {limit_videos}")
-    if compat not in (None, "official", "stored"):
-        raise GlusError(f"unknown compat {compat!r}; choose official or stored")
-    shard = resolve_shard(num_shards, shard_index, env)
-    device = resolve_device(device, env)
+    out = ensure_writable_dir(settings.out_dir)
+    settings.check()
+    mode = settings.key_frame_mode()
+    shard = resolve_shard(settings.num_shards, settings.shard_index, env)
+    device = resolve_device(settings.device, env)
     check_device(device)
 
-    data = load_dataset(dataset, split_dir, split)
-    videos = list(data.videos.values())[:limit_videos]
+    data = load_dataset(settings.dataset, settings.split_dir, settings.split)
+    videos = list(data.videos.values())[:settings.limit_videos]
     weights = {v.video_id: expression_frames(v) for v in videos}
     mine = [data.videos[vid] for vid in assign_shards(weights, shard.count)[shard.index]]
+    key_frame_json = settings.key_frame_json
     table = load_key_frame_json(key_frame_json) if key_frame_json is not None else None
     plan = plan_key_frames(videos, mode, table, key_frame_json)
 
-    settings = {
-        "dataset": dataset, "split": data.split, "model": _identity(model),
-        "vision_tower": _identity(vision_tower), "sam2_config": _identity(sam2_config), "compat": compat,
-        "dtype": precision, "load_in_bits": load_in_bits, "key_frame": mode,
-        "key_frame_json": None if key_frame_json is None else {
-            "path": _identity(key_frame_json), "sha256": _file_digest(Path(key_frame_json))},
-    }
-    run = {"split_dir": _identity(split_dir), "limit_videos": limit_videos, "max_batch": max_batch,
-           "videos_in_split": len(data.videos), "videos_selected": len(videos)}
+    recorded = settings.mask_settings(data.split)
+    run = {**settings.run_settings(), "videos_in_split": len(data.videos), "videos_selected": len(videos)}
     report = ShardReport(shard.index, shard.count, device=device, videos=len(mine),
                          expressions=sum(len(v.expressions) for v in mine),
                          expression_frames=sum(weights[v.video_id] for v in mine))
@@ -459,15 +386,14 @@ def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model:
     report.expressions_done_before = report.expressions - len(left)
     check_frames([data.videos[vid] for vid in pending])
     done_frames = sum(len(v.frame_names) for v in mine for e in v.expressions if (v.video_id, e) not in left)
-    update_summary(out, settings, shard, report.to_dict(), run)
+    update_summary(out, recorded, shard, report.to_dict(), run)
     logger.info("shard %s: %d video(s), %d expression(s), %d expression-frames; %d expression(s) already done",
                 shard, report.videos, report.expressions, report.expression_frames, report.expressions_done_before)
 
     try:
         if pending:
-            _segment(out, data.videos, pending, plan, report, done_frames, model=model, vision_tower=vision_tower,
-                     sam2_config=sam2_config, compat=compat, device=device, dtype=dtype, max_batch=max_batch,
-                     progress=progress, shard=shard, load_in_bits=load_in_bits)
+            _segment(out, data.videos, pending, plan, report, done_frames, settings, device=device,
+                     progress=progress, shard=shard)
         report.status = "complete"
     except KeyboardInterrupt:
         report.status = "interrupted"
@@ -483,16 +409,15 @@ def run_dataset(dataset: str, split_dir: str | Path, out_dir: str | Path, model:
         if report.frames_written and infer_seconds > 0:
             report.expression_frames_per_second = round(report.frames_written / infer_seconds, 3)
         with contextlib.suppress(GlusError, OSError):  # never hide the original error behind a summary problem
-            update_summary(out, settings, shard, report.to_dict(), run)
+            update_summary(out, recorded, shard, report.to_dict(), run)
     logger.info("shard %s: wrote %d expression(s), %d PNGs in %.1fs -> %s", shard, report.expressions_written,
                 report.frames_written, report.seconds, out)
     return report
 
 
 def _segment(out: Path, videos: Mapping[str, Video], pending: Mapping[str, list[str]],
-             plan: Mapping[str, Mapping[str, KeyFrame]], report: ShardReport, done_frames: int, *, model, vision_tower,
-             sam2_config, compat, device: str, dtype: str, max_batch: int, progress: bool, shard: Shard,
-             load_in_bits: int | None = None) -> None:
+             plan: Mapping[str, Mapping[str, KeyFrame]], report: ShardReport, done_frames: int,
+             settings: InferSettings, *, device: str, progress: bool, shard: Shard) -> None:
     """Load the model and segment the pending expressions, video by video."""
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -503,9 +428,10 @@ def _segment(out: Path, videos: Mapping[str, Video], pending: Mapping[str, list[
     from glus.inference.writers import PngMaskSink
 
     loading = time.perf_counter()
-    pipe = GLUSPipeline.from_pretrained(model, vision_tower=vision_tower, sam2_config=sam2_config, compat=compat,
-                                        device=device, dtype=dtype, load_in_bits=load_in_bits, max_batch=max_batch,
-                                        progress=False)
+    pipe = GLUSPipeline.from_pretrained(settings.model, vision_tower=settings.vision_tower,
+                                        sam2_config=settings.sam2_config, compat=settings.compat, device=device,
+                                        dtype=settings.dtype, load_in_bits=settings.load_in_bits,
+                                        max_batch=settings.max_batch, progress=False)
     report.model_load_seconds = round(time.perf_counter() - loading, 3)
     for video_id, exp_ids in pending.items():  # every expression must fit the model before the first PNG
         for exp_id in exp_ids:
@@ -537,23 +463,7 @@ def _segment(out: Path, videos: Mapping[str, Video], pending: Mapping[str, list[
                 raise RuntimeError(f"video {video_id}: expressions {unfinished} did not receive every frame")
 
 
-def infer_command(args: argparse.Namespace) -> int:
-    """Run ``glus infer`` from parsed arguments (see :func:`glus.cli.add_infer`)."""
-    report = run_dataset(
-        args.dataset, args.split_dir, args.out, args.model, split=getattr(args, "split", None),
-        vision_tower=args.vision_tower, sam2_config=args.sam2_config, compat=args.compat, device=args.device,
-        dtype=args.dtype, key_frame=args.key_frame, key_frame_json=args.key_frame_json, num_shards=args.num_shards,
-        shard_index=args.shard_index, max_batch=args.max_batch, limit_videos=args.limit_videos,
-        load_in_bits=getattr(args, "load_in", None))
-    summary = read_summary(args.out) or {}
-    totals = summary.get("totals", {})
-    logger.info("%d of %d shard(s) complete; summary: %s", totals.get("shards_complete", 0), report.num_shards,
-                Path(args.out) / SUMMARY_NAME)
-    return 0
-
-
 __all__ = [
-    "KEY_FRAME_MODES", "SUMMARY_NAME", "Shard", "ShardReport", "assign_shards", "check_device", "check_frames",
-    "expression_frames", "infer_command", "parse_key_frame_mode", "pending_expressions", "plan_key_frames",
-    "read_summary", "resolve_device", "resolve_shard", "run_dataset", "update_summary",
+    "SUMMARY_NAME", "InferSettings", "ShardReport", "check_frames", "expression_frames", "pending_expressions",
+    "plan_key_frames", "read_summary", "run_dataset", "update_summary",
 ]

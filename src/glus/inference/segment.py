@@ -5,7 +5,7 @@ Output folder layout::
     DIR/expressions.json         {"0": "<first expression>", ...} and the run's settings
     DIR/<i>/<frame>.png          8-bit 0/255 mask of the i-th expression (frame names from the input)
     DIR/overlay.mp4              masks drawn over the frames (+ overlay.gif for short clips, overlay_sheet.png)
-    DIR/masks_rle.json           with --rle: {"<i>": {"<frame>": COCO RLE}}
+    DIR/masks_rle.json           with rle=True: {"<i>": {"<frame>": COCO RLE}}
 
 Everything the user can get wrong (unreadable video, empty expression, unwritable folder, bad key frame) is
 checked before the model is loaded, and reported on one line.
@@ -13,76 +13,96 @@ checked before the model is loaded, and reported on one line.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from glus.data.masks import encode_rle, read_mask_png
 from glus.data.video import open_video
-from glus.errors import GlusError
+from glus.errors import GlusError, ParameterError
 from glus.inference.frames import FrameStore
+from glus.inference.keyframes import KeyFrame, parse_key_frame
 from glus.inference.writers import (PngMaskSink, ensure_writable_dir, segment_dir, write_expressions_json,
                                     write_rle_json)
 
-logger = logging.getLogger(__name__)
+__all__ = ["SegmentOutput", "segment_to_folder"]
 
 
-def parse_key_frame(text: str) -> int | str | None:
-    value = text.strip().lower()
-    if value in ("none", ""):
-        return None
-    if value == "auto":
-        return "auto"
-    try:
-        index = int(value)
-    except ValueError:
-        raise GlusError(f"--key-frame must be none, auto or a frame index, got {text!r}") from None
-    if index < 0:
-        raise GlusError(f"--key-frame must be >= 0, got {index}")
-    return index
+@dataclass(frozen=True)
+class SegmentOutput:
+    """What :func:`segment_to_folder` wrote.
+
+    Attributes:
+        out_dir: the output folder; num_expressions, num_frames: masks written per expression x frames.
+        seconds: from loading the model to the last file.
+        overlay: the overlay video (``None`` with ``overlay=False``).
+    """
+
+    out_dir: Path
+    num_expressions: int
+    num_frames: int
+    seconds: float
+    overlay: Path | None
 
 
-def segment_command(args: argparse.Namespace) -> int:
-    expressions = [e.strip() for e in args.expressions]
+def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str | Path, out_dir: str | Path, *,
+                      key_frame: KeyFrame = None, mode: str = "fast", start: int = 0, stride: int = 1,
+                      max_frames: int | None = None, device: str = "cpu", dtype: str = "fp32",
+                      vision_tower: str | Path | None = None, sam2_config: str | Path | None = None,
+                      compat: str | None = None, load_in_bits: int | None = None, max_batch: int = 16,
+                      rle: bool = False, overlay: bool = True) -> SegmentOutput:
+    """Segment ``expressions`` on one video into ``out_dir`` (the layout of the module docstring).
+
+    Args:
+        video: a video file, a folder of frames or an image (:func:`glus.data.video.open_video`).
+        expressions: the referring expressions, one mask folder each (surrounding white space is dropped).
+        model, vision_tower, sam2_config, compat, device, dtype, load_in_bits: as
+            :meth:`glus.inference.pipeline.GLUSPipeline.from_pretrained` takes them.
+        key_frame: ``None`` / ``"none"``, ``"auto"`` or the index of a frame among the selected ones
+            (:func:`glus.inference.keyframes.parse_key_frame`).
+        mode: ``"fast"`` or ``"reference"`` (the released per-frame protocol; the same masks).
+        start, stride, max_frames: which frames: every ``stride``-th from ``start``, at most ``max_frames``.
+        max_batch: most prompts per LLM call.
+        rle: also write ``masks_rle.json``; overlay: draw the overlay video.
+
+    Raises:
+        GlusError: bad input, always before the model is loaded (except problems of the checkpoint itself).
+    """
+    expressions = [e.strip() for e in expressions]
     for i, text in enumerate(expressions):
         if not text:
             raise GlusError(f"expression {i} is empty")
-    key_frame = parse_key_frame(args.key_frame)
-    if args.stride < 1 or (args.max_frames is not None and args.max_frames < 1) or args.start < 0:
-        raise GlusError("--stride and --max-frames must be >= 1, --start >= 0")
-    out = ensure_writable_dir(args.out)
-    source = open_video(args.video, start=args.start, stride=args.stride, max_frames=args.max_frames)
+    key_frame = parse_key_frame(key_frame)
+    if stride < 1 or (max_frames is not None and max_frames < 1) or start < 0:
+        raise ParameterError("{stride} and {max_frames} must be >= 1, {start} >= 0")
+    out = ensure_writable_dir(out_dir)
+    source = open_video(video, start=start, stride=stride, max_frames=max_frames)
     if source.num_frames == 0:
-        raise GlusError("the video has no frames", args.video)
+        raise GlusError("the video has no frames", video)
     if isinstance(key_frame, int) and key_frame >= source.num_frames:
-        raise GlusError(f"--key-frame {key_frame} is past the video's last frame ({source.num_frames - 1})", args.video)
+        raise ParameterError(f"{{key_frame}} {key_frame} is past the video's last frame ({source.num_frames - 1})",
+                             video)
 
     from glus.inference.pipeline import GLUSPipeline
 
     started = time.perf_counter()
-    pipe = GLUSPipeline.from_pretrained(args.model, vision_tower=args.vision_tower, sam2_config=args.sam2_config,
-                                        compat=args.compat, device=args.device, dtype=args.dtype,
-                                        load_in_bits=args.load_in, max_batch=args.max_batch)
+    pipe = GLUSPipeline.from_pretrained(model, vision_tower=vision_tower, sam2_config=sam2_config, compat=compat,
+                                        device=device, dtype=dtype, load_in_bits=load_in_bits, max_batch=max_batch)
     with FrameStore(source) as frames:
         pipe.check_expressions(expressions)
         sink = _PngAndRleSink(PngMaskSink([segment_dir(out, i) for i in range(len(expressions))],
-                                          frames.frame_names), frames.frame_names, keep_rle=args.rle)
-        pipe(frames, expressions, key_frame, mode=args.mode, sink=sink)
+                                          frames.frame_names), frames.frame_names, keep_rle=rle)
+        pipe(frames, expressions, key_frame, mode=mode, sink=sink)
         write_expressions_json(out / "expressions.json", expressions)
-        if args.rle:
+        if rle:
             write_rle_json(out / "masks_rle.json", {
                 str(i): {name: sink.rles[(i, name)] for name in frames.frame_names} for i in range(len(expressions))})
-        overlay = None
-        if not args.no_overlay:
-            overlay = _render(frames, out, expressions, source.fps)
-    elapsed = time.perf_counter() - started
-    logger.info("segmented %d expression(s) x %d frames in %.1fs -> %s", len(expressions), len(frames), elapsed, out)
-    if overlay is not None:
-        logger.info("overlay: %s", overlay)
-    return 0
+        drawn = _render(frames, out, expressions, source.fps) if overlay else None
+        num_frames = len(frames)
+    return SegmentOutput(out, len(expressions), num_frames, time.perf_counter() - started, drawn)
 
 
 class _PngAndRleSink:

@@ -14,7 +14,6 @@ conversion never leaves a destination that loads.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -22,14 +21,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from glus.errors import GlusError
+from glus.errors import GlusError, ParameterError
 from glus.fileio import FILE_MODE
 from glus.model.checkpoint import Compat, from_pretrained, is_glus_format, parse_dtype, save_pretrained
 from glus.model.checkpoint_io import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConvertReport", "convert_checkpoint", "convert_command"]
+__all__ = ["ConvertReport", "convert_checkpoint"]
 
 DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -73,7 +72,7 @@ def _check_destination(dst: Path, src: Path, overwrite: bool) -> None:
         if not dst.is_dir():
             raise GlusError("the destination exists and is not a folder", dst)
         if any(dst.iterdir()) and not overwrite:
-            raise GlusError("the destination folder is not empty (pass --overwrite to replace it)", dst)
+            raise ParameterError("the destination folder is not empty (pass {overwrite} to replace it)", dst)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -119,8 +118,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, vision_tower: str | 
     _check_destination(dst, folder, overwrite)
     glus_source = is_glus_format(folder)
     if glus_source and compat == "official":
-        raise GlusError("already in glus format: its fuser gamma values are fixed, --compat official does not "
-                        "apply (convert the released checkpoint instead)", folder)
+        raise ParameterError("already in glus format: its fuser gamma values are fixed, {compat} official does not "
+                             "apply (convert the released checkpoint instead)", folder)
     if not (folder / "tokenizer.model").is_file():
         raise GlusError("no tokenizer (tokenizer.model) in the checkpoint folder; a converted folder must hold one",
                         folder)
@@ -158,25 +157,3 @@ def _usual_permissions(folder: Path) -> None:
     dir_mode = FILE_MODE | ((FILE_MODE & 0o444) >> 2)  # x wherever r is granted
     for path in [folder, *folder.rglob("*")]:
         os.chmod(path, dir_mode if path.is_dir() else FILE_MODE)
-
-
-def convert_command(args: argparse.Namespace) -> int:
-    """Run ``glus convert`` from parsed arguments (see :func:`glus.cli.add_convert`)."""
-    from rich.console import Console
-    from transformers.utils import logging as hf_logging
-
-    # transformers' per-file progress bars (CLIP loading / saving) would bury the one-line report or error.
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        report = convert_checkpoint(args.src, args.dst, vision_tower=args.vision_tower,
-                                    sam2_config=args.sam2_config, compat=args.compat, dtype=args.dtype,
-                                    overwrite=args.overwrite)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    console = Console()
-    console.print(report.summary(), highlight=False, soft_wrap=True)
-    console.print(f"  vision tower: {report.vision_tower}; SAM-2 config: {report.sam2_config}", highlight=False,
-                  soft_wrap=True)
-    return 0
