@@ -40,7 +40,7 @@ import numpy as np
 
 from glus.data.formats import load_dataset
 from glus.data.records import Dataset
-from glus.errors import GlusError
+from glus.errors import GlusError, ParameterError
 from glus.eval.scoring import MISSING_EXPRESSION, MISSING_VIDEO, ExpressionScores, ScoreOptions, score_dataset
 
 logger = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def evaluate(dataset: str, split_dir: str | Path, pred_dir: str | Path, *, split
     if corrected and protocol != "revos":
         logger.warning("corrected=True only changes ReVOS's A and R; the %s protocol ignores it", protocol)
     if workers < 1:
-        raise GlusError(f"--workers must be at least 1, got {workers}")
+        raise ParameterError(f"{{workers}} must be at least 1, got {workers}")
     if protocol == "referformer":
         from glus.eval.davis_unsupervised import evaluate_referformer
 

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 
 from glus.config import GLUSConfig, Sam2Config, TextConfig, VisionConfig, glus_7b
-from glus.errors import GlusError
+from glus.errors import GlusError, ParameterError
 from glus.fileio import atomic_write_json, read_json_object
 from glus.model.checkpoint_io import (describe_key_mismatch, drop_non_weights, load_state_dict, resolve_checkpoint,
                                       save_safetensors_atomic)
@@ -117,8 +117,8 @@ def released_config(folder: Path, tower: ClipVisionTower, sam2_config: str | Pat
     clip = tower.clip.config
     mm_hidden = int(raw.get("mm_hidden_size", clip.hidden_size))
     if mm_hidden != clip.hidden_size:
-        raise GlusError(f"the checkpoint's projector expects CLIP width {mm_hidden}, the vision tower has "
-                        f"{clip.hidden_size}: wrong --vision-tower?", folder / "config.json")
+        raise ParameterError(f"the checkpoint's projector expects CLIP width {mm_hidden}, the vision tower has "
+                             f"{clip.hidden_size}: wrong {{vision_tower}}?", folder / "config.json")
     vision = VisionConfig(
         name_or_path=str(raw.get("mm_vision_tower") or raw.get("vision_tower") or ""),
         hidden_size=clip.hidden_size, intermediate_size=clip.intermediate_size,
@@ -130,8 +130,8 @@ def released_config(folder: Path, tower: ClipVisionTower, sam2_config: str | Pat
     prompt_dim = int(raw.get("out_dim", 256))
     if prompt_dim != sam2.d_model:
         # text_hidden_fcs writes the SAM-2 prompt token: its width must be the mask decoder's.
-        raise GlusError(f"the checkpoint's [SEG] head gives {prompt_dim}-d prompts (out_dim) but the SAM-2 config "
-                        f"has d_model {sam2.d_model}: wrong --sam2-config?", folder / "config.json")
+        raise ParameterError(f"the checkpoint's [SEG] head gives {prompt_dim}-d prompts (out_dim) but the SAM-2 "
+                             f"config has d_model {sam2.d_model}: wrong {{sam2_config}}?", folder / "config.json")
     config = GLUSConfig(text=text, vision=vision, sam2=sam2, prompt_dim=prompt_dim,
                         mm_use_im_start_end=bool(raw.get("mm_use_im_start_end", True)))
     if vision.num_patches % config.pool_kernel:
@@ -226,7 +226,7 @@ def from_pretrained(path_or_id: str | Path, *, vision_tower: str | Path | None =
     check_compat(compat)
     if is_glus_format(folder):
         if vision_tower is not None or sam2_config is not None:
-            logger.warning("%s is in glus format: --vision-tower / --sam2-config are ignored", folder)
+            logger.warning("%s is in glus format: vision_tower / sam2_config are ignored", folder)
         raw = _read_json(folder / "config.json")
         try:
             config = GLUSConfig.from_dict(raw["config"])
@@ -240,7 +240,7 @@ def from_pretrained(path_or_id: str | Path, *, vision_tower: str | Path | None =
         raw = _read_json(folder / "config.json")
         name = str(vision_tower or raw.get("mm_vision_tower") or raw.get("vision_tower") or "")
         if not name:
-            raise GlusError("the config names no vision tower: pass --vision-tower", folder / "config.json")
+            raise ParameterError("the config names no vision tower: pass {vision_tower}", folder / "config.json")
         tower_path = name if vision_tower is not None else resolve_tower_path(name, folder)
         tower = load_vision_tower(tower_path, select_layer=int(raw.get("mm_vision_select_layer", -2)))
         config = released_config(folder, tower, sam2_config)
