@@ -110,13 +110,13 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, resume: bool = False) -> None:
-        from glus.inference.runner import check_device, resolve_device
+        from glus.distributed import check_device, resolve_device, resolve_shard
 
         self.config = config.validate()
         self.run_dir = Path(config.out)
         self.resume = resume
-        self.world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        self.rank = int(os.environ.get("RANK", "0") or 0)
+        process = resolve_shard()  # torchrun's RANK / WORLD_SIZE (one process without torchrun)
+        self.rank, self.world = process.index, process.count
         self.device = torch.device(resolve_device(config.device))
         check_device(str(self.device))
         if config.threads is not None:
