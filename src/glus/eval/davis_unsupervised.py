@@ -23,7 +23,6 @@ DAVIS toolkit would stop); such expressions are listed under ``missing``.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +36,8 @@ from glus.data.records import Dataset, Video
 from glus.errors import GlusError
 from glus.eval.metrics import BoxMask, frame_jf
 from glus.eval.predictions import PredictionError, read_mask_prediction
+from glus.eval.results import EvaluationResult
+from glus.eval.scoring import pool_context
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +173,6 @@ def evaluate_referformer(split_dir: str | Path, pred_dir: str | Path, *, split: 
         annotator sets), ``per_expression`` (the matched scores of each expression's proposal),
         ``official.annotators`` (each set's DAVIS global table) and a per-object table.
     """
-    from glus.eval.protocols import EvaluationResult
-
     dataset = load_dataset("davis17", split_dir, split, masks="png")
     pred_root = Path(pred_dir)
     if not pred_root.is_dir():
@@ -187,7 +186,7 @@ def evaluate_referformer(split_dir: str | Path, pred_dir: str | Path, *, split: 
         on_start(len(items))
     outputs: list[dict[str, Any]] = []
     if workers > 1 and len(items) > 1:
-        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        context = pool_context()
         with context.Pool(min(workers, len(items)), initializer=_init, initargs=(dataset, pred_root)) as pool:
             for out in pool.imap(_task, items):
                 outputs.append(out)

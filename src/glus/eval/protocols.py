@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +40,7 @@ import numpy as np
 from glus.data.formats import load_dataset
 from glus.data.records import Dataset
 from glus.errors import GlusError, ParameterError
+from glus.eval.results import EvaluationResult
 from glus.eval.scoring import MISSING_EXPRESSION, MISSING_VIDEO, ExpressionScores, ScoreOptions, score_dataset
 
 logger = logging.getLogger(__name__)
@@ -67,22 +67,6 @@ _OFFICIAL_DROPS: dict[str, frozenset[str]] = {
     "reasonvos": frozenset({MISSING_EXPRESSION, MISSING_VIDEO}),
     "revos": frozenset(),
 }
-
-
-@dataclass
-class EvaluationResult:
-    """What one evaluation produced.
-
-    Attributes:
-        summary: the JSON-ready result (``J``, ``F``, ``J&F`` fractions, ``per_expression``, ``missing``, ...).
-        scores: per-expression per-frame scores (for CSV reports); empty for protocols that do not score
-            expressions one by one.
-        extra_tables: further per-row tables a protocol wants written (name -> rows).
-    """
-
-    summary: dict[str, Any]
-    scores: list[ExpressionScores] = field(default_factory=list)
-    extra_tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def _mean(values: list[float]) -> float | None:

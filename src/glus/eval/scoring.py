@@ -274,8 +274,9 @@ def _chunks(expressions: Sequence[Expression], workers: int) -> list[tuple[str, 
     return [(vid, ids[i:i + size]) for vid, ids in by_video.items() for i in range(0, len(ids), size)]
 
 
-def _context() -> mp.context.BaseContext:
-    # fork shares the already-loaded dataset index with the workers for free; elsewhere spawn pickles it.
+def pool_context() -> mp.context.BaseContext:
+    """The multiprocessing context of every scoring pool: fork shares the already-loaded dataset index with the
+    workers for free; where there is no fork, spawn pickles it."""
     return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
 
@@ -323,7 +324,7 @@ def score_dataset(dataset: Dataset, pred_root: str | Path, *, expressions: Itera
             cv2.setNumThreads(threads)
     else:
         n = min(workers, len(chunks))
-        with _context().Pool(n, initializer=_init_worker, initargs=(dataset, pred_root, options)) as pool:
+        with pool_context().Pool(n, initializer=_init_worker, initargs=(dataset, pred_root, options)) as pool:
             for batch in pool.imap_unordered(_score_chunk, chunks):
                 collect(batch)
     return [results[e.key] for e in todo]
