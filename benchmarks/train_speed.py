@@ -34,7 +34,7 @@ import torch
 
 from glus.config import glus_7b
 from glus.data.synthetic import make_video, write_mevis_split
-from glus.model.glus import TrainingSample
+from glus.data.training import TrainingSample
 from glus.prompts import PromptBuilder, encode_training_conversation
 from glus.tokenizer import GLUSTokenizer
 from glus.train.config import load_train_config, parse_data_source

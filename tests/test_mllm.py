@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,20 +10,11 @@ from torch import nn
 
 from glus.config import tiny
 from glus.errors import GlusError
-from glus.model.mllm import (
-    IGNORE_INDEX,
-    GlusMLLM,
-    apply_lora,
-    build_mllm,
-    is_non_weight_buffer_key,
-    lora_target_names,
-    merge_lora,
-    non_weight_buffer_keys,
-    positions_predicting,
-    quantize_llm,
-    replace_decoder_linears_with_bnb,
-    set_trainable_parameters,
-)
+from glus.model.adapters import apply_lora, lora_target_names, merge_lora, set_trainable_parameters
+from glus.model.checkpoint_io import is_non_weight_buffer_key, non_weight_buffer_keys
+from glus.model.mllm import GlusMLLM, build_mllm
+from glus.model.quantize import quantize_llm, replace_decoder_linears_with_bnb
+from glus.prompts import IGNORE_INDEX, seg_prediction_positions
 from glus.model.vision_tower import build_vision_tower, clip_pixel_values, load_vision_tower
 
 from conftest import OFFICIAL_TINY
@@ -168,12 +158,15 @@ def test_positions_predicting_seg_follow_image_expansion(model):
     # Two turns, each "<im_start><image><im_end> q ASSISTANT [SEG] ." after 2 context images.
     ids = [[1, 701, IMG, 702, 701, IMG, 702, 701, IMG, 702, 9, 8, seg, 3, 2, 701, IMG, 702, 9, 8, seg, 3]]
     out = model.build_inputs_embeds(ids, _images(4, model))
-    (pos,) = positions_predicting(ids, out, seg)
+    pos = seg_prediction_positions(ids[0], seg, t)  # the one rule, which the training forward uses
     # The released training code: index j of [SEG] in ids[1:], shifted by (t - 1) per image before it.
     want = [(12 - 1) + 3 * (t - 1), (20 - 1) + 4 * (t - 1)]
-    assert pos.tolist() == want
+    assert pos == want
+    # and it names the positions of the expanded sequence the model builds: [SEG]'s own slot follows each
+    seg_slots = out.token_positions[0, torch.tensor([12, 20])]
+    assert (seg_slots - 1).tolist() == want
     with pytest.raises(ValueError, match="position 0"):
-        positions_predicting([[seg, 1]], model.build_inputs_embeds([[seg, 1]], []), seg)
+        seg_prediction_positions([seg, 1], seg, t)
 
 
 def test_build_inputs_embeds_rejects_wrong_image_count(model):

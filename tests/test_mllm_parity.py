@@ -8,7 +8,6 @@ sums and the [SEG] embedding must equal the records.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,7 +15,8 @@ import pytest
 import torch
 
 from glus.config import glus_7b, tiny
-from glus.model.mllm import GlusMLLM, build_mllm, is_non_weight_buffer_key
+from glus.model.checkpoint_io import is_non_weight_buffer_key
+from glus.model.mllm import GlusMLLM, build_mllm
 from glus.model.vision_tower import clip_image_processor, clip_pixel_values, load_vision_tower
 
 from conftest import OFFICIAL_TINY

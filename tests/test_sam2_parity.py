@@ -8,7 +8,6 @@ Each pass is replayed with a fresh memory bank (stride 3) through :class:`Sam2He
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np

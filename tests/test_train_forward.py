@@ -3,7 +3,7 @@
 ``GLUSModel.forward_train`` gets :class:`TrainingSample` s built the way the trainer builds them (sampled frames of
 a synthetic video, one conversation per expression from :func:`glus.prompts.encode_training_conversation`, union
 masks of the expressions' objects). Checked: the named loss terms, their fall over a few AdamW steps on the
-trainable set of :func:`glus.model.mllm.set_trainable_parameters`, frozen parts left bit-identical, and the
+trainable set of :func:`glus.model.adapters.set_trainable_parameters`, frozen parts left bit-identical, and the
 contrastive term switching on once its bank holds enough negatives. The contrastive loss's own value is checked
 against a hand computation in ``test_losses.py``; the memory-frame rule in ``test_memory_bank.py``.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +20,11 @@ import torch
 from glus.config import GLUSConfig, tiny
 from glus.data.sampling import sample_training_frames
 from glus.data.synthetic import make_video
-from glus.model.glus import GLUSModel, TrainingSample
+from glus.data.training import TrainingSample
+from glus.model.glus import GLUSModel
 from glus.model.losses import ContrastiveConfig, ObjectContrastiveLoss
-from glus.model.mllm import IGNORE_INDEX, TRAINABLE_PATTERNS, set_trainable_parameters
+from glus.model.adapters import TRAINABLE_PATTERNS, set_trainable_parameters
+from glus.prompts import IGNORE_INDEX
 from glus.model.sam2_head import preprocess_frame
 from glus.model.vision_tower import build_vision_tower, clip_pixel_values
 from glus.prompts import PromptBuilder, encode_training_conversation

@@ -28,7 +28,7 @@ from glus.fileio import atomic_write_json, read_json_object
 from glus.model.checkpoint_io import (describe_key_mismatch, drop_non_weights, load_state_dict, resolve_checkpoint,
                                       save_safetensors_atomic)
 from glus.model.glus import GLUSModel
-from glus.model.mllm import check_quantization, quantize_llm
+from glus.model.quantize import check_quantization, quantize_llm
 from glus.model.sam2_head import Sam2Head
 from glus.model.vision_tower import ClipVisionTower, load_vision_tower
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -26,8 +27,21 @@ from glus.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
-# Persistent buffers that transformers 4.31 wrote into LLaMA checkpoints: derived from the config, not weights.
-NON_WEIGHT_SUFFIXES = ("rotary_emb.inv_freq",)
+# Tensors that released checkpoints hold but that are not weights: transformers 4.31 saved the rotary
+# ``inv_freq`` as a persistent buffer of every attention layer; it is recomputed from the config here.
+NON_WEIGHT_BUFFER_PATTERNS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"(^|.*\.)layers\.\d+\.self_attn\.rotary_emb\.inv_freq$"),
+)
+
+
+def is_non_weight_buffer_key(key: str) -> bool:
+    """True for checkpoint keys that are known non-weight buffers (to be dropped when loading)."""
+    return any(p.match(key) for p in NON_WEIGHT_BUFFER_PATTERNS)
+
+
+def non_weight_buffer_keys(keys: Iterable[str]) -> list[str]:
+    """The keys among ``keys`` that :func:`is_non_weight_buffer_key` recognises, in their order."""
+    return [k for k in keys if is_non_weight_buffer_key(k)]
 
 
 def resolve_checkpoint(path_or_id: str | os.PathLike, allow_patterns: Iterable[str] | None = None) -> Path:
@@ -99,7 +113,7 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 def drop_non_weights(state: dict[str, torch.Tensor]) -> list[str]:
     """Remove known non-weight buffers of the released layout in place; return the removed keys."""
-    dropped = [k for k in state if k.endswith(NON_WEIGHT_SUFFIXES)]
+    dropped = non_weight_buffer_keys(state)
     for k in dropped:
         del state[k]
     return dropped

@@ -18,7 +18,7 @@ The state dict is exactly the released checkpoints' layout (``model.*``, ``lm_he
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -26,12 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from glus.config import GLUSConfig
+from glus.data.training import TrainingSample
 from glus.model.losses import (ContrastiveResult, GLUSLossWeights, ObjectContrastiveLoss, SegEntryMeta,
                                combine_losses, mask_losses, object_set_key)
 from glus.model.memory_bank import MemoryBank
-from glus.model.mllm import IGNORE_INDEX, GlusMLLM, positions_predicting
+from glus.model.mllm import GlusMLLM
 from glus.model.sam2_head import Sam2DecodeOutput, Sam2Head, Sam2ImageFeatures
 from glus.model.vision_tower import ClipVisionTower, clip_image_processor, clip_pixel_values
+from glus.prompts import IGNORE_INDEX, seg_prediction_positions
 
 
 @dataclass
@@ -55,32 +57,6 @@ class MaskPrediction:
     mask: np.ndarray
     iou: float
     object_score: float
-
-
-@dataclass
-class TrainingSample:
-    """One training sample: one video clip and E expressions, each its own conversation.
-
-    Attributes:
-        clip_pixels: ``[K + Q, 3, 224, 224]`` context frames, then query frames (the prompt's image order).
-        sam_pixels: ``[Q, 3, S, S]`` the query frames for SAM-2.
-        input_ids: E tensors ``[L_e]`` with ``image_token_index`` placeholders (K + Q each).
-        labels: E tensors ``[L_e]``, -100 outside the assistant answers.
-        masks: ``[E, Q, H, W]`` ground-truth masks (0/1) at the frames' original size.
-        video: video id; ``expressions``: E expression keys; ``objects``: E object-id lists;
-        frames: Q frame names (for the contrastive loss's "same frame" rule); ``dataset``: dataset name.
-    """
-
-    clip_pixels: torch.Tensor
-    sam_pixels: torch.Tensor
-    input_ids: list[torch.Tensor]
-    labels: list[torch.Tensor]
-    masks: torch.Tensor
-    video: str = ""
-    expressions: list[str] = field(default_factory=list)
-    objects: list[Sequence[int | str]] = field(default_factory=list)
-    frames: list[str] = field(default_factory=list)
-    dataset: str = "mevis"
 
 
 @dataclass
@@ -210,7 +186,9 @@ class GLUSModel(GlusMLLM):
         out = self.forward_llm(inputs.inputs_embeds, inputs.attention_mask)
         ce = self._ce_loss(out.logits, inputs.labels, seg_id if ce_on == "seg" else None)
 
-        seg_positions = positions_predicting(rows, inputs, seg_id)
+        seg_positions = [torch.tensor(seg_prediction_positions(ids, seg_id, self.tokens_per_frame,
+                                                                self.config.image_token_index), dtype=torch.long)
+                         for ids in rows]
         seg_embeddings = [self.seg_embedding(out.hidden_states[r, pos]) for r, pos in enumerate(seg_positions)]
         preds, gts, anchors, metas = [], [], [], []
         per_sample_seg, per_sample_logits = [], []

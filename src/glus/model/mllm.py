@@ -19,10 +19,8 @@ State-dict keys equal the released checkpoints': ``model.embed_tokens.*``, ``mod
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,39 +30,10 @@ from transformers.cache_utils import Cache
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from glus.config import GLUSConfig, TextConfig
-from glus.errors import GlusError
 from glus.model.vision_tower import ClipVisionTower
+from glus.prompts import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
-
-# Tensors that released checkpoints hold but that are not weights: transformers 4.31 saved the rotary
-# ``inv_freq`` as a persistent buffer of every attention layer; it is recomputed from the config here.
-NON_WEIGHT_BUFFER_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"(^|.*\.)layers\.\d+\.self_attn\.rotary_emb\.inv_freq$"),
-)
-
-# What trains in GLUS (spec section 5): LoRA adapters, lm_head, embed_tokens, mm_projector, text_hidden_fcs and
-# SAM-2's mask decoder. Matched as substrings of parameter names, so they also hold under a peft wrapper.
-TRAINABLE_PATTERNS: tuple[str, ...] = (
-    "lora_",
-    "lm_head",
-    "embed_tokens",
-    "mm_projector",
-    "text_hidden_fcs",
-    "visual_model.sam_mask_decoder",
-)
-
-
-def is_non_weight_buffer_key(key: str) -> bool:
-    """True for checkpoint keys that are known non-weight buffers (to be dropped when loading)."""
-    return any(p.match(key) for p in NON_WEIGHT_BUFFER_PATTERNS)
-
-
-def non_weight_buffer_keys(keys: Iterable[str]) -> list[str]:
-    """The keys among ``keys`` that :func:`is_non_weight_buffer_key` recognises, in their order."""
-    return [k for k in keys if is_non_weight_buffer_key(k)]
 
 
 def llama_config(text: TextConfig, attn_implementation: str = "sdpa") -> LlamaConfig:
@@ -525,32 +494,6 @@ class GlusMLLM(nn.Module):
             self.model.rotary_emb = LlamaRotaryEmbedding(config=self.model.config)
 
 
-def positions_predicting(
-    input_ids: torch.Tensor | Sequence[Sequence[int] | torch.Tensor], inputs: EmbeddedInputs, token_id: int
-) -> list[torch.Tensor]:
-    """Expanded positions whose next-token prediction is ``token_id``: one before each occurrence of it.
-
-    With ``token_id`` = ``[SEG]`` these are the positions whose hidden states give the ``[SEG]`` embeddings of a
-    teacher-forced prompt (the released training code's shifted ``seg_token_mask``).
-
-    Args:
-        input_ids: the ids given to :meth:`GlusMLLM.build_inputs_embeds` for ``inputs``.
-        inputs: its result.
-        token_id: e.g. the ``[SEG]`` id.
-
-    Returns:
-        One ``[K_b]`` long tensor per row, in prompt order.
-    """
-    rows = _as_rows(input_ids, inputs.token_positions.device)
-    out = []
-    for b, ids in enumerate(rows):
-        hits = torch.nonzero(ids == token_id).flatten()
-        if bool((hits == 0).any()):
-            raise ValueError(f"token {token_id} at position 0 has no predicting position")
-        out.append(inputs.token_positions[b, hits] - 1)
-    return out
-
-
 def _as_rows(ids: torch.Tensor | Sequence[Sequence[int] | torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     if isinstance(ids, torch.Tensor):
         if ids.ndim != 2:
@@ -582,135 +525,3 @@ def build_mllm(
     if vision_tower is not None:
         mllm.set_vision_tower(vision_tower)
     return mllm
-
-
-def set_trainable_parameters(model: nn.Module, patterns: Sequence[str] = TRAINABLE_PATTERNS) -> list[str]:
-    """Freeze every parameter of ``model`` except those whose name contains one of ``patterns``.
-
-    Works on a :class:`GlusMLLM`, on one with SAM-2 attached, and on their peft wrappers. The CLIP tower is not
-    a registered sub-module and stays frozen.
-
-    Returns:
-        The names of the trainable parameters.
-    """
-    trainable = []
-    for name, param in model.named_parameters():
-        param.requires_grad_(any(p in name for p in patterns))
-        if param.requires_grad:
-            trainable.append(name)
-    return trainable
-
-
-def lora_target_names(model: nn.Module, target_modules: Sequence[str] = ("q_proj", "v_proj")) -> list[str]:
-    """Full names of the LLaMA decoder linears that get LoRA (as the released ``find_linear_layers``: never
-    SAM-2, CLIP, ``mm_projector`` or ``text_hidden_fcs``, although SAM-2 also has ``q_proj`` / ``v_proj``)."""
-    leaf = "|".join(re.escape(t) for t in target_modules)
-    pattern = re.compile(rf"(.*\.)?model\.layers\.\d+\.self_attn\.({leaf})")
-    excluded = ("visual_model", "vision_tower", "mm_projector", "text_hidden_fcs")
-    return sorted(
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and pattern.fullmatch(name) and not any(x in name for x in excluded)
-    )
-
-
-def apply_lora(
-    mllm: nn.Module,
-    r: int = 8,
-    alpha: int = 16,
-    dropout: float = 0.05,
-    target_modules: Sequence[str] = ("q_proj", "v_proj"),
-    trainable_patterns: Sequence[str] = TRAINABLE_PATTERNS,
-) -> nn.Module:
-    """Wrap ``mllm`` (a :class:`GlusMLLM` or a model holding one) with peft LoRA adapters on the LLaMA decoder's
-    ``target_modules`` (GLUS: q_proj, v_proj; see :func:`lora_target_names`) and set the trainable parameters
-    (spec section 5).
-
-    Returns:
-        The peft model; attribute access (``encode_frames_for_llm`` ...) reaches the wrapped :class:`GlusMLLM`.
-        Use :func:`merge_lora` to get a plain :class:`GlusMLLM` with the released key layout back.
-    """
-    from peft import LoraConfig, get_peft_model
-
-    targets = lora_target_names(mllm, target_modules)
-    if not targets:
-        raise ValueError(f"no LLaMA decoder linear named {', '.join(target_modules)} in {type(mllm).__name__}")
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=targets)
-    peft_model = get_peft_model(mllm, cfg)
-    set_trainable_parameters(peft_model, trainable_patterns)
-    return peft_model
-
-
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold LoRA adapters into the base weights and return the unwrapped model (a :class:`GlusMLLM`, or whatever
-    :func:`apply_lora` wrapped), whose keys are again the released ones. A model without adapters is returned as is."""
-    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-
-
-def check_quantization(bits: int, device: torch.device | str) -> torch.device:
-    """Fail early, in one line, where 4-/8-bit loading cannot work (before any weights are read)."""
-    if bits not in (4, 8):
-        raise GlusError(f"quantisation must be 4 or 8 bits, not {bits}")
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise GlusError(f"{bits}-bit loading needs a CUDA GPU (bitsandbytes); device {device} cannot be used")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise GlusError(f"{bits}-bit loading needs bitsandbytes: pip install 'glus[quant]'")
-    return device
-
-
-def quantize_llm(
-    mllm: GlusMLLM,
-    bits: int,
-    device: torch.device | str = "cuda",
-    compute_dtype: torch.dtype = torch.float16,
-) -> GlusMLLM:
-    """Load the LLaMA decoder layers in 4-bit (NF4, double quantisation) or 8-bit (LLM.int8) with bitsandbytes.
-
-    As the released inference (``--load_in_4bit`` / ``--load_in_8bit``) does, only the decoder's linear layers
-    are quantised; embeddings, ``lm_head``, ``mm_projector``, ``text_hidden_fcs``, CLIP and SAM-2 stay in
-    ``compute_dtype``. The model is moved to ``device``.
-
-    Raises:
-        GlusError: ``bits`` is not 4 or 8, ``device`` is not an available CUDA device, or bitsandbytes is missing.
-    """
-    device = check_quantization(bits, device)
-    mllm.to(dtype=compute_dtype)
-    replace_decoder_linears_with_bnb(mllm, bits, compute_dtype)
-    # Moving bitsandbytes parameters to CUDA is what quantises them.
-    mllm.to(device)
-    logger.info("LLaMA decoder quantised to %d bits on %s", bits, device)
-    return mllm
-
-
-def replace_decoder_linears_with_bnb(mllm: GlusMLLM, bits: int, compute_dtype: torch.dtype) -> list[str]:
-    """Swap every ``nn.Linear`` of the LLaMA decoder layers for a bitsandbytes 4-bit (NF4, double quantisation)
-    or 8-bit (LLM.int8, threshold 6) layer holding the same weights, not yet quantised: moving the model to a
-    device afterwards quantises them (what :func:`quantize_llm` does). Returns the replaced names."""
-    import bitsandbytes as bnb
-
-    replaced = []
-    for i, layer in enumerate(mllm.model.layers):
-        for group_name, parent in (("self_attn", layer.self_attn), ("mlp", layer.mlp)):
-            for name, child in list(parent.named_children()):
-                if not isinstance(child, nn.Linear):
-                    continue
-                weight, has_bias = child.weight.data, child.bias is not None
-                if bits == 4:
-                    new = bnb.nn.Linear4bit(
-                        child.in_features, child.out_features, bias=has_bias,
-                        compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4",
-                    )
-                    new.weight = bnb.nn.Params4bit(
-                        weight, requires_grad=False, compress_statistics=True, quant_type="nf4"
-                    )
-                else:
-                    new = bnb.nn.Linear8bitLt(
-                        child.in_features, child.out_features, bias=has_bias, has_fp16_weights=False, threshold=6.0
-                    )
-                    new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
-                if has_bias:
-                    new.bias = nn.Parameter(child.bias.data, requires_grad=False)
-                setattr(parent, name, new)
-                replaced.append(f"model.layers.{i}.{group_name}.{name}")
-    return replaced

@@ -26,8 +26,8 @@ import torch
 from glus.data.formats import load_dataset
 from glus.data.records import Dataset, Video
 from glus.data.sampling import min_training_frames, sample_training_frames
+from glus.data.training import TrainingSample
 from glus.errors import GlusError
-from glus.model.glus import TrainingSample
 from glus.model.sam2_head import preprocess_frame
 from glus.model.vision_tower import clip_pixel_values
 from glus.prompts import PromptBuilder, encode_training_conversation

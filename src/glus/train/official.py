@@ -30,9 +30,10 @@ import torch
 from glus.data.masks import decode_rle
 from glus.errors import GlusError
 from glus.fileio import read_json_object
-from glus.model.glus import GLUSModel, TrainingSample
+from glus.data.training import TrainingSample
+from glus.model.glus import GLUSModel
 from glus.model.losses import ContrastiveConfig, GLUSLossWeights, ObjectContrastiveLoss, SegEntryMeta, object_set_key
-from glus.model.mllm import apply_lora
+from glus.model.adapters import apply_lora
 from glus.model.sam2_head import preprocess_frame
 from glus.model.vision_tower import clip_pixel_values
 from glus.train.schedule import WarmupDecay, warmup_decay_scheduler

@@ -21,7 +21,8 @@ from typing import Callable, ContextManager, Sequence
 import torch
 from torch import nn
 
-from glus.model.glus import GLUSModel, TrainForward, TrainingSample
+from glus.data.training import TrainingSample
+from glus.model.glus import GLUSModel, TrainForward
 from glus.model.losses import GLUSLossWeights, ObjectContrastiveLoss
 
 __all__ = ["StepSettings", "StepResult", "released_parameter_names", "train_step", "adamw"]

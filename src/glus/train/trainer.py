@@ -40,7 +40,7 @@ from glus.errors import GlusError
 from glus.fileio import atomic_write_bytes, atomic_write_json, read_json_object
 from glus.model.glus import GLUSModel, TrainForward
 from glus.model.losses import ContrastiveConfig, GLUSLossWeights, ObjectContrastiveLoss
-from glus.model.mllm import TRAINABLE_PATTERNS, apply_lora, merge_lora
+from glus.model.adapters import TRAINABLE_PATTERNS, apply_lora, merge_lora
 from glus.prompts import PromptBuilder
 from glus.train.config import TrainConfig
 from glus.train.schedule import WarmupDecay, warmup_decay_scheduler
