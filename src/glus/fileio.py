@@ -51,6 +51,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = None) -> None:
     """Serialise ``obj`` as UTF-8 JSON and write it atomically (non-ASCII text is kept readable)."""
     text = json.dumps(obj, indent=indent, ensure_ascii=False)

@@ -17,13 +17,12 @@ Writers reproduce the official layouts:
   palette PNGs whose pixel value is the object id, plus YouTube-VOS's ``<split>/meta.json``.
 * :func:`write_frames` (a frame folder) and :func:`encode_mp4` (H.264 or MPEG-4 Part 2 through PyAV).
 
-Every file is written atomically (temporary file + ``os.replace``). No torch here.
+Every file is written atomically (:mod:`glus.fileio`). No torch here.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -34,7 +33,9 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 from PIL import Image
-from pycocotools import mask as cocomask
+
+from glus.data.masks import encode_rle
+from glus.fileio import atomic_path, atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -307,21 +308,6 @@ def make_video(
 # -------------------------------------------------------------------------------------------- writers
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, json.dumps(obj).encode("utf-8"))
-
-
 def _encode_image(frame: np.ndarray, ext: str) -> bytes:
     ext = ext.lower().lstrip(".")
     if ext not in ("jpg", "jpeg", "png"):
@@ -351,15 +337,9 @@ def write_frames(
     paths = []
     for name, frame in zip(names, frames):
         path = folder / f"{name}.{ext.lstrip('.')}"
-        _atomic_write_bytes(path, _encode_image(frame, ext))
+        atomic_write_bytes(path, _encode_image(frame, ext))
         paths.append(path)
     return paths
-
-
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO RLE of an ``[H, W]`` bool mask with ``counts`` as text (how MeViS stores it in JSON)."""
-    rle = cocomask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def write_mevis_split(
@@ -405,12 +385,12 @@ def write_mevis_split(
         meta["videos"][video.name] = {"expressions": expressions, "frames": video.frame_names()}
         if with_masks:
             for k, anno in enumerate(anno_ids):
-                mask_dict[str(anno)] = [_rle(m) if m.any() else None for m in video.masks[k]]
+                mask_dict[str(anno)] = [encode_rle(m) if m.any() else None for m in video.masks[k]]
         if write_images:
             write_frames(split_dir / "JPEGImages" / video.name, video.frames, "jpg", video.frame_names())
-    _atomic_write_json(split_dir / "meta_expressions.json", meta)
+    atomic_write_json(split_dir / "meta_expressions.json", meta)
     if with_masks:
-        _atomic_write_json(split_dir / "mask_dict.json", mask_dict)
+        atomic_write_json(split_dir / "mask_dict.json", mask_dict)
     logger.info("wrote MeViS split %s: %d videos", split_dir, len(videos))
     return split_dir
 
@@ -488,7 +468,7 @@ def write_refytvos_split(
             for k in range(len(video.objects)):
                 ids[video.masks[k]] = k + 1  # visible masks are disjoint: no pixel is claimed twice
             for name, frame_ids in zip(names, ids):
-                _atomic_write_bytes(root / split / "Annotations" / video.name / f"{name}.png", _palette_png(frame_ids))
+                atomic_write_bytes(root / split / "Annotations" / video.name / f"{name}.png", _palette_png(frame_ids))
             ytvos_meta["videos"][video.name] = {
                 "objects": {
                     str(obj.index + 1): {
@@ -498,9 +478,9 @@ def write_refytvos_split(
                     for obj in video.objects
                 }
             }
-    _atomic_write_json(root / "meta_expressions" / split / "meta_expressions.json", meta)
+    atomic_write_json(root / "meta_expressions" / split / "meta_expressions.json", meta)
     if with_annotations:
-        _atomic_write_json(root / split / "meta.json", ytvos_meta)
+        atomic_write_json(root / split / "meta.json", ytvos_meta)
     logger.info("wrote Ref-YouTube-VOS split %s/%s: %d videos", root, split, len(videos))
     return root
 
@@ -529,25 +509,18 @@ def encode_mp4(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 6.
     if height % 2 or width % 2:
         raise ValueError(f"yuv420p needs even frame sizes, got {height}x{width}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            if codec == "libx264":
-                stream.options = {"crf": "17", "preset": "fast"}
-            else:
-                stream.bit_rate = max(2_000_000, 12 * width * height)
-                stream.options = {"qmax": "4"}
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():  # flush delayed frames
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "17", "preset": "fast"}
+        else:
+            stream.bit_rate = max(2_000_000, 12 * width * height)
+            stream.options = {"qmax": "4"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        for packet in stream.encode():  # flush delayed frames
+            container.mux(packet)
     return path

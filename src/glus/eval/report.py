@@ -16,18 +16,13 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from glus.eval.protocols import EvaluationResult
-from glus.fileio import atomic_write_bytes
+from glus.fileio import atomic_write_text
 from glus.eval.scoring import iter_frames
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_write_text", "write_json", "write_csv", "expression_rows", "frame_rows", "report_paths",
+__all__ = ["write_json", "write_csv", "expression_rows", "frame_rows", "report_paths",
            "write_reports", "SummaryTable", "summary_table"]
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`glus.fileio.atomic_write_bytes`)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _json_safe(value: Any) -> Any:
