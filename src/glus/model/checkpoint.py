@@ -15,7 +15,6 @@ weights and pre-processor), so a saved model loads with no further arguments and
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Literal
@@ -24,7 +23,7 @@ import torch
 
 from glus.config import GLUSConfig, Sam2Config, TextConfig, VisionConfig, glus_7b
 from glus.errors import GlusError, ParameterError
-from glus.fileio import atomic_write_json, read_json_object
+from glus.fileio import atomic_write_json, read_json, read_json_object
 from glus.model.checkpoint_io import (describe_key_mismatch, drop_non_weights, load_state_dict, resolve_checkpoint,
                                       save_safetensors_atomic)
 from glus.model.glus import GLUSModel
@@ -65,9 +64,10 @@ def is_glus_format(folder: Path) -> bool:
     if not config.is_file():
         return False
     try:
-        return json.loads(config.read_text()).get("format") == FORMAT_NAME
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raw = read_json(config, "config.json")
+    except GlusError:  # unreadable: not ours; the released-layout reader reports what is wrong with it
         return False
+    return isinstance(raw, dict) and raw.get("format") == FORMAT_NAME
 
 
 def _read_json(path: Path) -> dict:

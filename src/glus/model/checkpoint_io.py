@@ -13,7 +13,6 @@ Layouts read (spec section 6):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -23,7 +22,7 @@ from typing import Iterable, Mapping
 import torch
 
 from glus.errors import GlusError
-from glus.fileio import atomic_path
+from glus.fileio import atomic_path, read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +73,9 @@ def weight_files(folder: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise GlusError(f"malformed shard index ({exc})", index) from None
+            weight_map = read_json_object(index, "shard index").get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise GlusError("malformed shard index (no weight_map of file names)", index)
             files = sorted(set(weight_map.values()))
             missing = [f for f in files if not (folder / f).exists()]
             if missing:
