@@ -60,6 +60,24 @@ class _Track:
         self.step_of = {frame: step for step, frame in enumerate(self.frames)}
 
 
+@dataclass
+class VideoSession:
+    """What :meth:`FastSegmenter.segment` holds for one video while it runs (the segmenter itself holds none, so
+    one segmenter serves several videos, as sam2's ``inference_state``).
+
+    Attributes:
+        frames: the video.
+        context: the context frame indices (:func:`glus.data.sampling.inference_context_frames`).
+        context_embeds: ``[K, tokens_per_frame, H]`` their LLM image embeddings.
+        video_prefix: the prompt prefix every prompt of the video shares and its KV cache (built on first use).
+    """
+
+    frames: FrameStore
+    context: list[int]
+    context_embeds: torch.Tensor
+    video_prefix: tuple[tuple[_Item, ...], PrefixCache] | None = None
+
+
 class FastSegmenter:
     """Segments all expressions of one video (see the module docstring).
 
@@ -91,10 +109,8 @@ class FastSegmenter:
         num_frames = len(frames)
         if len(key_frames) != len(expressions):
             raise ValueError("one key-frame setting per expression")
-        self._frames = frames
-        self._context = inference_context_frames(num_frames, self.config.context_frames)
-        self._context_embeds = self.model.clip_embed_frames([frames[i] for i in self._context])
-        self._video_prefix: tuple[tuple[_Item, ...], PrefixCache] | None = None
+        context = inference_context_frames(num_frames, self.config.context_frames)
+        session = VideoSession(frames, context, self.model.clip_embed_frames([frames[i] for i in context]))
 
         keys: list[int | None] = [None if k in (None, "auto") else int(k) for k in key_frames]
         first_scores: list[np.ndarray | None] = [None] * len(expressions)
@@ -110,7 +126,7 @@ class FastSegmenter:
                 return put
 
             first = plan_passes(num_frames, None)[0]
-            self._sweep([self._track(i, expressions[i], first, keep(i)) for i in auto], "first pass")
+            self._sweep(session, [self._track(i, expressions[i], first, keep(i)) for i in auto], "first pass")
             for i in auto:
                 first_scores[i] = np.array([frame_quality(iou, obj, s) for _, s, iou, obj in stored[i]])
                 keys[i] = select_key_frame(first_scores[i])
@@ -128,8 +144,8 @@ class FastSegmenter:
             for p_idx, q in enumerate(passes):
                 track = self._track(i, expressions[i], q, self._emitter(sink, i, owner, p_idx))
                 (forward if q.direction == "forward" else backward).append(track)
-        self._sweep(forward, "forward")
-        self._sweep(backward, "backward")
+        self._sweep(session, forward, "forward")
+        self._sweep(session, backward, "backward")
         return [(keys[i] or None, first_scores[i]) for i in range(len(expressions))]
 
     # ------------------------------------------------------------------ passes
@@ -143,7 +159,7 @@ class FastSegmenter:
                 sink.put(index, frame, pred)
         return emit
 
-    def _sweep(self, tracks: list[_Track], name: str) -> None:
+    def _sweep(self, session: VideoSession, tracks: list[_Track], name: str) -> None:
         """Advance ``tracks`` frame by frame over the union of their passes (contiguous, one direction)."""
         if not tracks:
             return
@@ -155,13 +171,14 @@ class FastSegmenter:
         window_embeds: deque[tuple[int, torch.Tensor]] = deque(maxlen=self.config.query_frames)
         bar = tqdm(frames_in_order, desc=name, unit="frame", disable=not self.progress, leave=False)
         for frame in bar:
-            window_embeds.append((frame, self.model.clip_embed_frames([self._frames[frame]])[0]))
+            window_embeds.append((frame, self.model.clip_embed_frames([session.frames[frame]])[0]))
             active = [t for t in tracks if frame in t.step_of]
             if active:
-                self._advance(frame, active, dict(window_embeds))
+                self._advance(session, frame, active, dict(window_embeds))
         bar.close()
 
-    def _advance(self, frame: int, tracks: list[_Track], embeds: dict[int, torch.Tensor]) -> None:
+    def _advance(self, session: VideoSession, frame: int, tracks: list[_Track],
+                 embeds: dict[int, torch.Tensor]) -> None:
         """One query frame for every active track: one token each, then the masks of those that said [SEG]."""
         q = self.config.query_frames
         rows: list[tuple[list[int], list[int]]] = []
@@ -171,19 +188,19 @@ class FastSegmenter:
             window = [t.frames[s] for s in query_window(step, q)]
             ids = tokenizer_image_token(t.conversation.prompt(), self.tokenizer, self.builder.image_token,
                                         self.builder.image_token_index)
-            rows.append((ids, [*range(-len(self._context), 0), *window]))  # negative = context slot
+            rows.append((ids, [*range(-len(session.context), 0), *window]))  # negative = context slot
             steps.append(step)
-        token_ids, seg_embeddings = self._generate(rows, embeds)
+        token_ids, seg_embeddings = self._generate(session, rows, embeds)
         seg_id = self.tokenizer.seg_token_id
         said_seg = [i for i, tok in enumerate(token_ids) if tok == seg_id]
         predictions: dict[int, FramePrediction] = {}
         if said_seg:
-            sam_frame = self.model.sam_encode_frame(self._frames[frame])
+            sam_frame = self.model.sam_encode_frame(session.frames[frame])
             preds = self.model.sam_decode(sam_frame, seg_embeddings[said_seg], [tracks[i].bank for i in said_seg],
                                           [steps[i] for i in said_seg], self.config.mem_stride_infer)
             predictions = {i: FramePrediction(p.mask, True, p.iou, p.object_score) for i, p in zip(said_seg, preds)}
         for i, t in enumerate(tracks):
-            pred = predictions.get(i) or blank_prediction(self._frames.size)
+            pred = predictions.get(i) or blank_prediction(session.frames.size)
             t.conversation.record(i in predictions)
             t.emit(frame, pred)
 
@@ -193,7 +210,7 @@ class FastSegmenter:
         it = iter(images)
         return tuple(("img", next(it)) if tok == marker else tok for tok in ids)
 
-    def _embed(self, rows: Sequence[Sequence[_Item]], embeds: dict[int, torch.Tensor]):
+    def _embed(self, session: VideoSession, rows: Sequence[Sequence[_Item]], embeds: dict[int, torch.Tensor]):
         """Embed prompt rows given as signatures (images from the context or the window embeddings)."""
         marker = self.builder.image_token_index
         ids_rows, images = [], []
@@ -203,27 +220,28 @@ class FastSegmenter:
                 if isinstance(item, tuple):
                     ids.append(marker)
                     slot = item[1]
-                    images.append(self._context_embeds[len(self._context) + slot] if slot < 0 else embeds[slot])
+                    images.append(session.context_embeds[len(session.context) + slot] if slot < 0 else embeds[slot])
                 else:
                     ids.append(item)
             ids_rows.append(ids)
         return self.model.build_inputs_embeds(ids_rows, images)
 
-    def _prefix(self, signatures: list[tuple[_Item, ...]], embeds: dict[int, torch.Tensor]) -> tuple[int, PrefixCache]:
+    def _prefix(self, session: VideoSession, signatures: list[tuple[_Item, ...]],
+                embeds: dict[int, torch.Tensor]) -> tuple[int, PrefixCache]:
         """The cached prefix for these prompts: the video prefix, extended by what they all share now."""
-        if self._video_prefix is None:
+        if session.video_prefix is None:
             # Everything before the first query image is the same for every prompt of the video.
             first = signatures[0]
             images_seen, cut = 0, len(first)
             for pos, item in enumerate(first):
                 if isinstance(item, tuple):
                     images_seen += 1
-                    if images_seen == len(self._context) + 1:
+                    if images_seen == len(session.context) + 1:
                         cut = pos
                         break
             video_items = first[:cut]
-            self._video_prefix = (video_items, self.model.prefill(self._embed([video_items], embeds)))
-        video_items, video_cache = self._video_prefix
+            session.video_prefix = (video_items, self.model.prefill(self._embed(session, [video_items], embeds)))
+        video_items, video_cache = session.video_prefix
         n = len(video_items)
         if any(sig[:n] != video_items for sig in signatures):
             raise RuntimeError("a prompt does not start with the video's shared prefix")
@@ -234,21 +252,21 @@ class FastSegmenter:
             shared += 1
         if shared == n:
             return n, video_cache
-        ext = self._embed([signatures[0][n:shared]], embeds)
+        ext = self._embed(session, [signatures[0][n:shared]], embeds)
         out = self.model.forward_continuation(video_cache, ext, compute_logits=False)
         return shared, PrefixCache(cache=out.past_key_values, length=video_cache.length + int(ext.lengths[0]),
                                    hidden_states=out.hidden_states)
 
-    def _generate(self, rows: list[tuple[list[int], list[int]]], embeds: dict[int, torch.Tensor]
-                  ) -> tuple[list[int], torch.Tensor]:
+    def _generate(self, session: VideoSession, rows: list[tuple[list[int], list[int]]],
+                  embeds: dict[int, torch.Tensor]) -> tuple[list[int], torch.Tensor]:
         """Greedy next token and ``[SEG]`` embedding of every prompt (``[N]`` ids, ``[N, prompt_dim]``)."""
         signatures = [self._signature(ids, images) for ids, images in rows]
         token_ids: list[int] = []
         seg_embeddings = []
         for start in range(0, len(signatures), self.max_batch):
             chunk = signatures[start:start + self.max_batch]
-            shared, prefix = self._prefix(chunk, embeds)
-            inputs = self._embed([sig[shared:] for sig in chunk], embeds)
+            shared, prefix = self._prefix(session, chunk, embeds)
+            inputs = self._embed(session, [sig[shared:] for sig in chunk], embeds)
             nxt = self.model.generate_one_token(inputs, prefix=prefix)
             token_ids.extend(nxt.token_ids.tolist())  # the one host sync per frame: [SEG] or not decides the branch
             seg_embeddings.append(nxt.seg_embedding)
