@@ -317,7 +317,7 @@ class FlopTable:
                                               position_ids=positions, compute_logits=False)
 
     def _decode_call(self, memories: int) -> Callable[[], object]:
-        """:meth:`Sam2Head.decode` of one entry whose bank offers exactly ``memories`` memories."""
+        """:meth:`Sam2Model.decode` of one entry whose bank offers exactly ``memories`` memories."""
         sam, cfg, meta = self.model.sam2, self.config.sam2, torch.device("meta")
         if self._sam_features is None:
             with torch.inference_mode():

@@ -5,7 +5,7 @@
 * released-layout folders written by these tests (a single ``pytorch_model.bin`` and two shards + index, with the
   ``rotary_emb.inv_freq`` buffers transformers 4.31 saved, a CLIP folder and a SAM-2 yaml) load exactly, also for
   a variant with other sizes everywhere, and round-trip bit-identically through glus's format;
-* whatever does not fit (keys, shapes, options) is one :class:`GlusError` line naming it;
+* whatever does not fit (keys, shapes, options) is one :class:`GLUSError` line naming it;
 * an interrupted save never leaves a folder that loads.
 """
 
@@ -25,7 +25,7 @@ import yaml
 from glus.config import GLUSConfig, Sam2Config, TextConfig, VisionConfig, tiny
 from glus.data.sampling import inference_context_frames, query_window
 from glus.data.synthetic import make_video
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.model import checkpoint as ckpt
 from glus.model.checkpoint import from_pretrained, save_pretrained
 from glus.model.glus import GLUSModel
@@ -449,7 +449,7 @@ def test_unknown_keys_are_named(tiny_released, tmp_path: Path) -> None:
         state["model.visual_model.sam_mask_decoder.extra_token.weight"] = torch.zeros(2)
 
     folder = _broken(tiny_released, tmp_path, edit)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         from_pretrained(folder, sam2_config=tiny_released[2])
     msg = str(err.value)
     assert "\n" not in msg and str(folder) in msg and "2 unexpected key(s)" in msg
@@ -462,7 +462,7 @@ def test_missing_keys_are_named(tiny_released, tmp_path: Path) -> None:
         del state["model.visual_model.memory_attention.layers.0.linear1.bias"]
 
     folder = _broken(tiny_released, tmp_path, edit)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         from_pretrained(folder, sam2_config=tiny_released[2])
     msg = str(err.value)
     assert "\n" not in msg and "2 missing key(s)" in msg and "unexpected" not in msg
@@ -476,7 +476,7 @@ def test_mis_shaped_tensors_are_named(tiny_released, tmp_path: Path, key: str) -
         state[key] = torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])
 
     folder = _broken(tiny_released, tmp_path, edit)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         from_pretrained(folder, sam2_config=tiny_released[2])
     msg = str(err.value)
     assert "\n" not in msg and str(folder) in msg and key.removeprefix("model.visual_model.") in msg
@@ -496,7 +496,7 @@ def test_wrong_sam2_config_or_options_are_one_line_errors(tiny_released, tmp_pat
         ({"sam2_config": sam_yaml, "vision_tower": tmp_path / "no_clip"}, "CLIP vision tower folder not found"),
     ]
     for kwargs, text in cases:
-        with pytest.raises(GlusError) as err:
+        with pytest.raises(GLUSError) as err:
             from_pretrained(folder, **kwargs)
         assert "\n" not in str(err.value) and text in str(err.value), (kwargs, str(err.value))
 
@@ -509,16 +509,16 @@ def test_wrong_sam2_config_or_options_are_one_line_errors(tiny_released, tmp_pat
                        state=released_state_dict(model) if "vocab_size" not in change else
                        {k: v[:700] if k in ("model.embed_tokens.weight", "lm_head.weight") else v
                         for k, v in released_state_dict(model).items()})
-        with pytest.raises(GlusError) as err:
+        with pytest.raises(GLUSError) as err:
             from_pretrained(target, sam2_config=sam_yaml)
         assert "\n" not in str(err.value) and text in str(err.value), str(err.value)
 
 
 def test_not_a_checkpoint_folder(tmp_path: Path) -> None:
-    with pytest.raises(GlusError, match="checkpoint folder not found"):
+    with pytest.raises(GLUSError, match="checkpoint folder not found"):
         from_pretrained(tmp_path / "absent")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(GlusError, match="config.json not found"):
+    with pytest.raises(GLUSError, match="config.json not found"):
         from_pretrained(tmp_path / "empty")
 
 
@@ -536,5 +536,5 @@ def test_interrupted_save_leaves_no_loadable_folder(tiny_released, tokenizer: GL
     with pytest.raises(KeyboardInterrupt):
         save_pretrained(model, out, tokenizer)  # overwrite, interrupted while writing the weights
     assert not (out / "config.json").exists()  # the old config.json went first: the folder no longer loads
-    with pytest.raises(GlusError, match="config.json not found"):
+    with pytest.raises(GLUSError, match="config.json not found"):
         from_pretrained(out)

@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from glus.cli import main
 from glus.data.sampling import inference_context_frames, query_window
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.model import checkpoint as ckpt
 from glus.model.checkpoint import from_pretrained
 from glus.model.convert import convert_checkpoint
@@ -153,7 +153,7 @@ def test_library_report(tmp_path: Path) -> None:
     # a glus-format folder can be re-saved (e.g. in another precision), never re-"officialised"
     again = convert_checkpoint(tmp_path / "out", tmp_path / "again", dtype="fp16")
     assert (again.source_format, again.compat, again.dtype) == ("glus", "stored", "fp16")
-    with pytest.raises(GlusError, match="already in glus format"):
+    with pytest.raises(GLUSError, match="already in glus format"):
         convert_checkpoint(tmp_path / "out", tmp_path / "third", compat="official")
 
 

@@ -14,7 +14,7 @@ from pycocotools import mask as cocomask
 from glus.data.formats import DATASET_NAMES, load_dataset
 from glus.data.formats._json import iter_members
 from glus.data.masks import encode_rle
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 H, W = 6, 8
 
@@ -106,10 +106,10 @@ def test_mevis_root_plus_split_and_split_without_ground_truth(tmp_path):
     write_mevis(tmp_path / "valid", with_masks=False)
     for ds in (load_dataset("mevis", tmp_path, "valid"), load_dataset("mevis", tmp_path / "valid")):
         assert ds.split == "valid" and not ds.has_ground_truth and ds.num_expressions == 4
-    with pytest.raises(GlusError, match="no ground-truth masks") as err:
+    with pytest.raises(GLUSError, match="no ground-truth masks") as err:
         ds.gt_mask("v1", "0", 0)
     _one_line_error(err, str(tmp_path / "valid"))
-    with pytest.raises(GlusError, match="meta_expressions.json"):
+    with pytest.raises(GLUSError, match="meta_expressions.json"):
         load_dataset("mevis", tmp_path)
 
 
@@ -132,7 +132,7 @@ def test_mevis_frame_size_comes_from_the_first_frame_image(tmp_path):
     ds = load_dataset("mevis", tmp_path, "valid_u")
     assert ds.frame_size("v1") == (H + 2, W)
     # the stored RLE (H x W) now disagrees with the frame: a one-line error naming file, annotation, frame
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         ds.gt_mask("v1", "2", 0)
     _one_line_error(err, str(tmp_path / "mask_dict.json"), "annotation '2'", "frame 0", "disagrees")
 
@@ -141,14 +141,14 @@ def test_mevis_bad_json_names_file_and_position(tmp_path):
     write_mevis(tmp_path)
     meta = tmp_path / "meta_expressions.json"
     meta.write_text(meta.read_text()[:-5])
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("mevis", tmp_path, "valid_u")
     _one_line_error(err, str(meta), "invalid JSON", "line 1")
 
     write_mevis(tmp_path)
     masks = tmp_path / "mask_dict.json"
     masks.write_text(masks.read_text().replace("null", "nul", 1))
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("mevis", tmp_path, "valid_u")
     _one_line_error(err, str(masks), "invalid JSON at byte")
 
@@ -158,7 +158,7 @@ def test_mevis_mask_list_of_wrong_length(tmp_path):
     data = {k: _rle_list(v) for k, v in objs.items()}
     data["2"] = data["2"][:3]
     _dump(tmp_path / "mask_dict.json", data)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("mevis", tmp_path, "valid_u")
     _one_line_error(err, str(tmp_path / "mask_dict.json"), "annotation '2'", "3 masks", "video 'v1'", "4 frames")
 
@@ -167,7 +167,7 @@ def test_mevis_unknown_annotation_id(tmp_path):
     objs = write_mevis(tmp_path)
     del objs["3"]
     _dump(tmp_path / "mask_dict.json", {k: _rle_list(v) for k, v in objs.items()})
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("mevis", tmp_path, "valid_u")
     _one_line_error(err, str(tmp_path / "mask_dict.json"), "unknown annotation id '3'", "video 'v2'",
                     "expression '0'")
@@ -178,7 +178,7 @@ def test_mevis_missing_frames(tmp_path):
     meta = json.loads((tmp_path / "meta_expressions.json").read_text())
     del meta["videos"]["v2"]["frames"]
     _dump(tmp_path / "meta_expressions.json", meta)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("mevis", tmp_path, "valid_u")
     _one_line_error(err, str(tmp_path / "meta_expressions.json"), "video 'v2'", "\"frames\"")
 
@@ -188,7 +188,7 @@ def test_mevis_mask_entry_that_is_not_a_list(tmp_path):
     data = {k: _rle_list(v) for k, v in objs.items()}
     data["1"] = {"size": [H, W], "counts": "0"}
     _dump(tmp_path / "mask_dict.json", data)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("mevis", tmp_path, "valid_u")
     _one_line_error(err, "annotation '1'", "expected a list")
 
@@ -243,7 +243,7 @@ def test_revos_errors(tmp_path):
     meta = json.loads(meta_path.read_text())
     meta["videos"]["MOSE/abc"]["expressions"]["1"]["type_id"] = 5
     _dump(meta_path, meta)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("revos", tmp_path)
     _one_line_error(err, str(meta_path), "expression '1'", "type_id")
 
@@ -252,11 +252,11 @@ def test_revos_errors(tmp_path):
     meta["videos"]["MOSE/abc"]["height"] = W  # the RLEs are H x W: the size check catches the swap
     _dump(meta_path, meta)
     ds = load_dataset("revos", tmp_path)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         ds.gt_masks("MOSE/abc", "0")
     _one_line_error(err, str(tmp_path / "mask_dict.json"), "annotation '10'", "disagrees with the frame size")
 
-    with pytest.raises(GlusError, match="meta_expressions_test_.json"):
+    with pytest.raises(GLUSError, match="meta_expressions_test_.json"):
         load_dataset("revos", tmp_path, "test")
 
 
@@ -320,19 +320,19 @@ def test_davis17_pickle_errors(tmp_path):
     data = pickle.loads(pkl_path.read_bytes())
     data["4"] = data["4"][:-1]
     pkl_path.write_bytes(pickle.dumps(data))
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("davis17", tmp_path, "valid")
     _one_line_error(err, str(pkl_path), "annotation '4'", "2 masks", "3 frames")
 
     del data["4"]
     pkl_path.write_bytes(pickle.dumps(data))
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("davis17", tmp_path, "valid")
     _one_line_error(err, str(pkl_path), "unknown annotation id '4'")
 
     # a pickle that would import (and could run) code is refused
     pkl_path.write_bytes(pickle.dumps({"0": [Path("x")]}))
-    with pytest.raises(GlusError, match="refusing to load") as err:
+    with pytest.raises(GLUSError, match="refusing to load") as err:
         load_dataset("davis17", tmp_path, "valid")
     _one_line_error(err, str(pkl_path))
 
@@ -373,7 +373,7 @@ def test_refytvos_train_palette_masks_and_valid_without_test_videos(tmp_path):
 def test_refytvos_errors(tmp_path):
     write_refytvos(tmp_path)
     (tmp_path / "meta_expressions" / "test" / "meta_expressions.json").unlink()
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("refytvos", tmp_path, "valid")
     _one_line_error(err, "305 test videos", "test_meta")
 
@@ -381,11 +381,11 @@ def test_refytvos_errors(tmp_path):
     (tmp_path / "train" / "Annotations" / "a1" / "00010.png").unlink()
     ds = load_dataset("refytvos", tmp_path, "train")
     ds.gt_mask("a1", "0", 1)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         ds.gt_mask("a1", "0", 2)
     _one_line_error(err, str(tmp_path / "train" / "Annotations" / "a1" / "00010.png"), "missing annotation",
                     "frame '00010'")
-    with pytest.raises(GlusError, match="does not take the option"):
+    with pytest.raises(GLUSError, match="does not take the option"):
         load_dataset("mevis", tmp_path, "train", keep_test_videos=True)
 
 
@@ -450,14 +450,14 @@ def test_lvvis_errors(tmp_path):
     data = json.loads(path.read_text())
     data["annotations"][3]["segmentations"].append(None)
     _dump(path, data)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("lvvis", tmp_path)
     _one_line_error(err, str(path), "annotation 11", "3 segmentations", "2 frames")
 
     data["annotations"][3]["segmentations"].pop()
     data["annotations"][3]["video_id"] = 99
     _dump(path, data)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("lvvis", tmp_path)
     _one_line_error(err, str(path), "annotation 11", "unknown video id 99")
 
@@ -505,14 +505,14 @@ def test_reasonvos_errors(tmp_path):
     write_reasonvos(tmp_path)
     (tmp_path / "Annotations" / "MeViS_abc123_2" / "00001.png").unlink()
     ds = load_dataset("reasonvos", tmp_path)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         ds.gt_masks("abc123", "1")
     _one_line_error(err, "MeViS_abc123_2", "00001.png", "missing annotation", "expression '1'")
 
     meta = json.loads((tmp_path / "meta_expressions.json").read_text())
     meta["videos"]["abc123"]["expressions"][1]["exp_id"] = 0
     _dump(tmp_path / "meta_expressions.json", meta)
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         load_dataset("reasonvos", tmp_path)
     _one_line_error(err, str(tmp_path / "meta_expressions.json"), "'0' is used twice")
 
@@ -520,9 +520,9 @@ def test_reasonvos_errors(tmp_path):
 # ------------------------------------------------------------------------------------------ load_dataset
 def test_load_dataset_rejects_unknown_names_and_folders(tmp_path):
     assert DATASET_NAMES == ("mevis", "refytvos", "davis17", "revos", "lvvis", "reasonvos")
-    with pytest.raises(GlusError, match="unknown dataset 'kitti'"):
+    with pytest.raises(GLUSError, match="unknown dataset 'kitti'"):
         load_dataset("kitti", tmp_path)
-    with pytest.raises(GlusError, match="not found") as err:
+    with pytest.raises(GLUSError, match="not found") as err:
         load_dataset("mevis", tmp_path / "nope")
     _one_line_error(err, str(tmp_path / "nope"))
 
@@ -530,9 +530,9 @@ def test_load_dataset_rejects_unknown_names_and_folders(tmp_path):
 def test_unknown_video_expression_and_frame(tmp_path):
     write_mevis(tmp_path)
     ds = load_dataset("mevis", tmp_path, "valid_u")
-    with pytest.raises(GlusError, match="no video 'zz'"):
+    with pytest.raises(GLUSError, match="no video 'zz'"):
         ds.gt_mask("zz", "0", 0)
-    with pytest.raises(GlusError, match="no expression '9'"):
+    with pytest.raises(GLUSError, match="no expression '9'"):
         ds.gt_mask("v1", "9", 0)
     with pytest.raises(IndexError):
         ds.gt_mask("v1", "0", 4)
@@ -564,18 +564,18 @@ def test_iter_members_matches_json_load_at_any_chunk_size(tmp_path, chunk):
 def test_iter_members_errors(tmp_path, text, needle):
     path = tmp_path / "bad.json"
     path.write_text(text)
-    with pytest.raises(GlusError, match=needle) as err:
+    with pytest.raises(GLUSError, match=needle) as err:
         list(iter_members(path, chunk=4))
     _one_line_error(err, str(path), "invalid JSON")
 
 
 def test_referformer_mask_source_can_be_forced(tmp_path):
     truth = write_davis(tmp_path)
-    with pytest.raises(GlusError, match="mask file not found"):
+    with pytest.raises(GLUSError, match="mask file not found"):
         load_dataset("davis17", tmp_path, "train", masks="pkl")
-    with pytest.raises(GlusError, match="annotation folder not found"):
+    with pytest.raises(GLUSError, match="annotation folder not found"):
         load_dataset("davis17", tmp_path, "valid", masks="png")
-    with pytest.raises(GlusError, match="masks must be"):
+    with pytest.raises(GLUSError, match="masks must be"):
         load_dataset("davis17", tmp_path, "valid", masks="json")
     ds = load_dataset("davis17", tmp_path, "train", masks="png")
     np.testing.assert_array_equal(ds.gt_mask("bear", "0", 0), truth["labels"][0] == 1)

@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools import mask as cocomask
 
 from glus.data.masks import decode_rle, decode_rle_stack, encode_rle, read_mask_png, rle_size, write_mask_png
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 from conftest import SAV
 
@@ -86,7 +86,7 @@ def test_real_sav_masklet_round_trip():
 
 def test_size_mismatch_is_a_one_line_error_naming_the_entry():
     rle = encode_rle(np.ones((4, 5), bool))
-    with pytest.raises(GlusError) as err:
+    with pytest.raises(GLUSError) as err:
         decode_rle(rle, expected_hw=(5, 4), where="/d/mask_dict.json: annotation '3', frame 2")
     msg = str(err.value)
     assert "\n" not in msg
@@ -103,13 +103,13 @@ def test_size_mismatch_is_a_one_line_error_naming_the_entry():
     ("not an rle", "COCO RLE"),
 ])
 def test_malformed_rle_raises_glus_error(rle, needle):
-    with pytest.raises(GlusError, match=needle):
+    with pytest.raises(GLUSError, match=needle):
         decode_rle(rle, where="f.json: annotation 'x'")
 
 
 def test_rle_size():
     assert rle_size({"size": [3, 4], "counts": ""}) == (3, 4)
-    with pytest.raises(GlusError):
+    with pytest.raises(GLUSError):
         rle_size({"size": [True, 4], "counts": ""})
 
 
@@ -150,19 +150,19 @@ def test_read_palette_png_indices_and_foreground(tmp_path):
     im.save(path)
     np.testing.assert_array_equal(read_mask_png(path, indices=True), idx)
     np.testing.assert_array_equal(read_mask_png(path), idx > 0)
-    with pytest.raises(GlusError, match="disagrees with the frame size"):
+    with pytest.raises(GLUSError, match="disagrees with the frame size"):
         read_mask_png(path, expected_hw=(3, 2))
 
 
 def test_read_mask_png_errors_name_the_file(tmp_path):
     rgb = tmp_path / "rgb.png"
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(rgb)
-    with pytest.raises(GlusError, match="single-channel") as err:
+    with pytest.raises(GLUSError, match="single-channel") as err:
         read_mask_png(rgb)
     assert str(rgb) in str(err.value)
-    with pytest.raises(GlusError, match="not found"):
+    with pytest.raises(GLUSError, match="not found"):
         read_mask_png(tmp_path / "missing.png")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    with pytest.raises(GlusError, match="cannot read"):
+    with pytest.raises(GLUSError, match="cannot read"):
         read_mask_png(bad)

@@ -14,7 +14,7 @@ from PIL import Image
 from glus.data.formats import load_dataset
 from glus.data.masks import encode_rle
 from glus.data.records import Dataset, Expression, LRUCache, MaskSource, Video
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 
 class BoxMasks(MaskSource):
@@ -81,18 +81,18 @@ def test_frame_size_order_meta_then_frame_image_then_masks(tmp_path):
     assert ds.frame_size("v") == (5, 7)
     assert ds.gt_mask("v", "0", 0).shape == (5, 7)
     frame.write_bytes(b"broken")
-    with pytest.raises(GlusError, match="cannot read frame"):
+    with pytest.raises(GLUSError, match="cannot read frame"):
         make_dataset(tmp_path, None, None, BoxMasks()).frame_size("v")
 
 
 def test_unknown_frame_size_and_missing_ground_truth_are_user_errors(tmp_path):
     ds = make_dataset(tmp_path, None, None, BoxMasks(hint=None))
     assert ds.frame_size("v") is None
-    with pytest.raises(GlusError, match="cannot tell the frame size of video 'v'"):
+    with pytest.raises(GLUSError, match="cannot tell the frame size of video 'v'"):
         ds.gt_mask("v", "1", 0)
     no_gt = make_dataset(tmp_path, 6, 4, None)
     assert not no_gt.has_ground_truth and "ground_truth=False" in repr(no_gt)
-    with pytest.raises(GlusError, match="no ground-truth masks"):
+    with pytest.raises(GLUSError, match="no ground-truth masks"):
         no_gt.gt_masks("v", "0")
     with pytest.raises(IndexError):
         make_dataset(tmp_path, 6, 4, BoxMasks()).annotation_masks("v", "0", -1)

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.inference.keyframes import (frame_quality, load_key_frame_json, merge_passes, plan_passes,
                                       resolve_key_frame, select_key_frame)
 
@@ -43,7 +43,7 @@ def test_key_frame_json_and_resolution(tmp_path):
     names = [f"{i:05d}" for i in range(0, 40, 2)]  # sparse frame numbers as in Ref-YouTube-VOS
     assert resolve_key_frame(kf["vid_0"], names) == 6
     assert resolve_key_frame("00012.jpg", names) == 6
-    with pytest.raises(GlusError, match="not one of the video's frames"):
+    with pytest.raises(GLUSError, match="not one of the video's frames"):
         resolve_key_frame("3", names)
 
 
@@ -52,7 +52,7 @@ def test_key_frame_json_and_resolution(tmp_path):
 def test_key_frame_json_errors_name_the_file(tmp_path, content, msg):
     p = tmp_path / "bad.json"
     p.write_text(content)
-    with pytest.raises(GlusError, match=msg) as err:
+    with pytest.raises(GLUSError, match=msg) as err:
         load_key_frame_json(p)
     assert str(p) in str(err.value) and "\n" not in str(err.value)
 

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from glus.config import tiny
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.model.adapters import apply_lora, lora_target_names, merge_lora, set_trainable_parameters
 from glus.model.checkpoint_io import is_non_weight_buffer_key, non_weight_buffer_keys
-from glus.model.mllm import GlusMLLM, build_mllm
+from glus.model.mllm import GLUSMLLM, build_mllm
 from glus.model.quantize import quantize_llm, replace_decoder_linears_with_bnb
 from glus.prompts import IGNORE_INDEX, seg_prediction_positions
 from glus.model.vision_tower import build_vision_tower, clip_pixel_values, load_vision_tower
@@ -23,10 +23,10 @@ IMG = -200
 
 
 @pytest.fixture(scope="module")
-def model() -> GlusMLLM:
+def model() -> GLUSMLLM:
     torch.manual_seed(0)
     cfg = tiny()
-    m = GlusMLLM(cfg, build_vision_tower(cfg.vision))
+    m = GLUSMLLM(cfg, build_vision_tower(cfg.vision))
     # Random init leaves norms at 1 and biases at 0; perturb everything so a swapped tensor would show.
     with torch.no_grad():
         for p in m.parameters():
@@ -34,7 +34,7 @@ def model() -> GlusMLLM:
     return m.eval()
 
 
-def _images(n: int, model: GlusMLLM, seed: int = 1) -> torch.Tensor:
+def _images(n: int, model: GLUSMLLM, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, model.tokens_per_frame, model.config.text.hidden_size, generator=g)
 
@@ -56,7 +56,7 @@ def test_state_dict_layout_matches_released_tiny_checkpoint(model):
 
 def test_vision_tower_outside_state_dict_but_follows_to():
     cfg = tiny()
-    m = GlusMLLM(cfg, build_vision_tower(cfg.vision))
+    m = GLUSMLLM(cfg, build_vision_tower(cfg.vision))
     assert not any("clip" in k or "vision" in k for k in m.state_dict())
     assert not any(p is q for p in m.parameters() for q in m.vision_tower.parameters())
     m.to(torch.bfloat16)
@@ -67,7 +67,7 @@ def test_vision_tower_outside_state_dict_but_follows_to():
 
 
 def test_attach_visual_model_gives_released_prefix():
-    m = GlusMLLM(tiny())
+    m = GLUSMLLM(tiny())
     sam = nn.Module()
     sam.no_mem_embed = nn.Parameter(torch.zeros(1, 1, 32))
     m.attach_visual_model(sam)
@@ -113,10 +113,10 @@ def test_clip_pixel_values_shape_and_validation():
 
 
 def test_load_vision_tower_missing_folder_is_user_error(tmp_path):
-    with pytest.raises(GlusError, match="not found"):
+    with pytest.raises(GLUSError, match="not found"):
         load_vision_tower(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(GlusError, match="cannot load"):
+    with pytest.raises(GLUSError, match="cannot load"):
         load_vision_tower(tmp_path / "empty")
 
 
@@ -254,7 +254,7 @@ def test_prefill_rejects_batches(model):
 def test_half_precision_forward(dtype):
     torch.manual_seed(0)
     cfg = tiny()
-    m = GlusMLLM(cfg, build_vision_tower(cfg.vision)).eval()
+    m = GLUSMLLM(cfg, build_vision_tower(cfg.vision)).eval()
     pixels = torch.randn(2, 3, 224, 224)
     ids = [[1, 5, IMG, 6, IMG, 7]]
     with torch.no_grad():
@@ -284,7 +284,7 @@ def test_build_mllm_on_meta_then_assign_load_reproduces(model):
 
 
 # ---------------------------------------------------------------- training support
-def _with_fake_sam(m: GlusMLLM) -> GlusMLLM:
+def _with_fake_sam(m: GLUSMLLM) -> GLUSMLLM:
     sam = nn.Module()
     sam.sam_mask_decoder = nn.Module()
     sam.sam_mask_decoder.attn = nn.Module()
@@ -297,7 +297,7 @@ def _with_fake_sam(m: GlusMLLM) -> GlusMLLM:
 
 def test_lora_targets_only_llm_q_v_and_trainable_set():
     torch.manual_seed(0)
-    m = _with_fake_sam(GlusMLLM(tiny()))
+    m = _with_fake_sam(GLUSMLLM(tiny()))
     keys_before = set(m.state_dict())
     peft_model = apply_lora(m)
     lora_modules = {n.split(".lora_A")[0] for n, _ in peft_model.named_parameters() if ".lora_A." in n}
@@ -311,15 +311,15 @@ def test_lora_targets_only_llm_q_v_and_trainable_set():
     for frozen in ("image_encoder", "mlp.gate_proj", "q_proj.base_layer", "model.norm", "input_layernorm"):
         assert not any(frozen in n for n in trainable), frozen
     nested = nn.Module()
-    nested.mllm = _with_fake_sam(GlusMLLM(tiny()))  # a wrapper holding the MLLM one level down
+    nested.mllm = _with_fake_sam(GLUSMLLM(tiny()))  # a wrapper holding the MLLM one level down
     assert lora_target_names(nested) == sorted(
         f"mllm.model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")
     )
     with pytest.raises(ValueError, match="no LLaMA decoder linear named o_proj2"):
-        apply_lora(GlusMLLM(tiny()), target_modules=("o_proj2",))
+        apply_lora(GLUSMLLM(tiny()), target_modules=("o_proj2",))
     r = peft_model.peft_config["default"]
     assert (r.r, r.lora_alpha, r.lora_dropout) == (8, 16, 0.05)
-    # Attribute access reaches the wrapped GlusMLLM.
+    # Attribute access reaches the wrapped GLUSMLLM.
     assert peft_model.tokens_per_frame == m.tokens_per_frame
     # Merge: a trained (non-zero) adapter gives the same outputs merged and unmerged, and the released keys.
     with torch.no_grad():
@@ -334,15 +334,15 @@ def test_lora_targets_only_llm_q_v_and_trainable_set():
         unmerged = peft_model(e.inputs_embeds, e.attention_mask).logits
         merged_model = merge_lora(peft_model)
         merged = merged_model.forward_llm(e.inputs_embeds, e.attention_mask).logits
-        base = GlusMLLM(tiny())
+        base = GLUSMLLM(tiny())
         base.load_state_dict({k: v for k, v in merged_model.state_dict().items() if "visual_model" not in k})
-    assert isinstance(merged_model, GlusMLLM)
+    assert isinstance(merged_model, GLUSMLLM)
     assert set(merged_model.state_dict()) == keys_before
     torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
 
 
 def test_set_trainable_parameters_freezes_the_rest():
-    m = _with_fake_sam(GlusMLLM(tiny()))
+    m = _with_fake_sam(GLUSMLLM(tiny()))
     names = set_trainable_parameters(m)
     assert "lm_head.weight" in names and "model.embed_tokens.weight" in names
     assert "model.visual_model.sam_mask_decoder.attn.q_proj.weight" in names
@@ -354,7 +354,7 @@ def test_set_trainable_parameters_freezes_the_rest():
 
 def test_gradient_checkpointing_gives_same_gradients():
     torch.manual_seed(0)
-    m = GlusMLLM(tiny())
+    m = GLUSMLLM(tiny())
     m.train()
     img = torch.randn(1, m.tokens_per_frame, m.config.text.hidden_size)
 
@@ -377,13 +377,13 @@ def test_gradient_checkpointing_gives_same_gradients():
 
 
 def test_quantize_needs_cuda_with_clear_error():
-    m = GlusMLLM(tiny())
-    with pytest.raises(GlusError, match="4-bit loading needs a CUDA GPU"):
+    m = GLUSMLLM(tiny())
+    with pytest.raises(GLUSError, match="4-bit loading needs a CUDA GPU"):
         quantize_llm(m, 4, device="cpu")
-    with pytest.raises(GlusError, match="must be 4 or 8"):
+    with pytest.raises(GLUSError, match="must be 4 or 8"):
         quantize_llm(m, 3)
     if not torch.cuda.is_available():
-        with pytest.raises(GlusError, match="8-bit loading needs a CUDA GPU"):
+        with pytest.raises(GLUSError, match="8-bit loading needs a CUDA GPU"):
             quantize_llm(m, 8)
     assert isinstance(m.model.layers[0].self_attn.q_proj, nn.Linear)  # nothing half-converted
 
@@ -393,7 +393,7 @@ def test_bnb_conversion_keeps_outputs_close(bits):
     """The layer swap behind quantize_llm, quantised on CPU (bitsandbytes >= 0.46 has CPU kernels)."""
     bnb = pytest.importorskip("bitsandbytes")
     torch.manual_seed(0)
-    m = GlusMLLM(tiny()).eval()
+    m = GLUSMLLM(tiny()).eval()
     e = m.build_inputs_embeds([[1, 5, IMG, 6]], torch.randn(1, m.tokens_per_frame, m.config.text.hidden_size))
     with torch.no_grad():
         ref = m.forward_llm(e.inputs_embeds, e.attention_mask).hidden_states

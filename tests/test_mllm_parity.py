@@ -16,7 +16,7 @@ import torch
 
 from glus.config import glus_7b, tiny
 from glus.model.checkpoint_io import is_non_weight_buffer_key
-from glus.model.mllm import GlusMLLM, build_mllm
+from glus.model.mllm import GLUSMLLM, build_mllm
 from glus.model.vision_tower import clip_image_processor, clip_pixel_values, load_vision_tower
 
 from conftest import OFFICIAL_TINY
@@ -34,8 +34,8 @@ def llm_state_dict() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def mllm(llm_state_dict) -> GlusMLLM:
-    model = GlusMLLM(tiny(), load_vision_tower(REF / "clip"))
+def mllm(llm_state_dict) -> GLUSMLLM:
+    model = GLUSMLLM(tiny(), load_vision_tower(REF / "clip"))
     model.load_state_dict(llm_state_dict, strict=True)
     return model.eval()
 
@@ -73,7 +73,7 @@ def _steps(reference):
                     yield run["run"], p, step
 
 
-def _check_run_steps(model: GlusMLLM, reference: dict, frame_embeds: torch.Tensor, runs: set[str]) -> int:
+def _check_run_steps(model: GLUSMLLM, reference: dict, frame_embeds: torch.Tensor, runs: set[str]) -> int:
     checked = 0
     for run_name, p, step in _steps(reference):
         if run_name not in runs:
@@ -115,7 +115,7 @@ def test_unrigged_runs_match_official(reference, llm_state_dict, frame_pixels):
     lm_head = state["lm_head.weight"].clone()
     lm_head[reference["rigging"]["row"]] = torch.tensor(reference["rigging"]["unrigged_row"])
     state["lm_head.weight"] = lm_head
-    model = GlusMLLM(tiny(), load_vision_tower(REF / "clip"))
+    model = GLUSMLLM(tiny(), load_vision_tower(REF / "clip"))
     model.load_state_dict(state, strict=True)
     model.eval()
     with torch.no_grad():

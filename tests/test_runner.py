@@ -20,7 +20,7 @@ from glus.cli import main as cli_main
 from glus.data.formats import load_dataset
 from glus.data.synthetic import make_video, write_mevis_split
 from glus.data.video import open_video
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.inference.frames import FrameStore
 from glus.inference.pipeline import GLUSPipeline
 from glus.distributed import Shard, assign_shards, resolve_device, resolve_shard
@@ -180,7 +180,7 @@ def test_resolve_shard_from_flags_and_torchrun() -> None:
                                 ((2, 2), {}, "shard.index must be in 0..1"), ((0, 0), {}, "num.shards >= 1"),
                                 ((None, None), {"RANK": "3", "WORLD_SIZE": "2"}, "inconsistent"),
                                 ((None, None), {"WORLD_SIZE": "two"}, "WORLD_SIZE='two'")]:
-        with pytest.raises(GlusError, match=message):
+        with pytest.raises(GLUSError, match=message):
             resolve_shard(*flags, env=env)
 
 
@@ -189,7 +189,7 @@ def test_resolve_device() -> None:
     assert resolve_device("cuda", env={"LOCAL_RANK": "3"}) == "cuda:3"
     assert resolve_device("cuda", env={}) == "cuda"
     assert resolve_device("CUDA:1", env={"LOCAL_RANK": "3"}) == "cuda:1"  # an explicit index wins
-    with pytest.raises(GlusError, match="unknown device 'tpu'"):
+    with pytest.raises(GLUSError, match="unknown device 'tpu'"):
         resolve_device("tpu", env={})
 
 
@@ -246,7 +246,7 @@ def test_plan_key_frames(split: Path, tmp_path: Path) -> None:
     assert plan["vid2"]["0"] is None  # frame 0: the plain forward pass
     assert set(plan["vid0"].values()) == {"auto"}
     assert set(plan_key_frames(videos, "none")["vid2"].values()) == {None}
-    with pytest.raises(GlusError, match=r"kf.json entry 'vid0_1': key frame '00099' is not one of the video"):
+    with pytest.raises(GLUSError, match=r"kf.json entry 'vid0_1': key frame '00099' is not one of the video"):
         plan_key_frames(videos, "none", {"vid0_1": "00099"}, "kf.json")
 
 
@@ -393,5 +393,5 @@ def test_concurrent_shards_keep_every_summary_entry(tmp_path: Path) -> None:
     assert list(summary["shards"]) == [str(i) for i in range(8)]
     assert summary["totals"]["complete"] and summary["totals"]["expression_frames"] == 80
     assert sorted(p.name for p in tmp_path.iterdir()) == [SUMMARY_NAME]
-    with pytest.raises(GlusError, match=r"other settings \(model: 'm' then, 'other' now\)"):
+    with pytest.raises(GLUSError, match=r"other settings \(model: 'm' then, 'other' now\)"):
         update_summary(tmp_path, {**settings, "model": "other"}, Shard(0, 8), {}, {})

@@ -2,7 +2,7 @@
 
 ``reference/official_tiny`` holds what GLUS-video/GLUS (commit 8fd138b) did on CPU in fp32: per step the [SEG]
 embedding fed to SAM-2, the memory bank state, the dynamic-multimask decision and the full-resolution logits.
-Each pass is replayed with a fresh memory bank (stride 3) through :class:`Sam2Head` loaded from the checkpoint's
+Each pass is replayed with a fresh memory bank (stride 3) through :class:`Sam2Model` loaded from the checkpoint's
 ``model.visual_model.*`` tensors.
 """
 
@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 
 from glus.config import tiny
 from glus.model.memory_bank import MemoryBank, memory_steps
-from glus.model.sam2_head import Sam2Head, Sam2ImageFeatures, preprocess_frame
+from glus.model.sam2_model import Sam2Model, Sam2ImageFeatures, preprocess_frame
 
 from conftest import OFFICIAL_TINY
 
@@ -31,10 +31,10 @@ def checkpoint() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def heads(checkpoint: dict[str, torch.Tensor]) -> dict[str, Sam2Head]:
+def heads(checkpoint: dict[str, torch.Tensor]) -> dict[str, Sam2Model]:
     out = {}
     for compat in ("official", "stored"):
-        head = Sam2Head(tiny().sam2)
+        head = Sam2Model(tiny().sam2)
         report = head.load_meta_state_dict(checkpoint, prefix="model.visual_model.", compat=compat)
         assert report.missing_keys == [] and report.unexpected_keys == []
         out[compat] = head.eval()
@@ -47,7 +47,7 @@ def _frame(index: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def frame_features(heads: dict[str, Sam2Head], reference: dict) -> dict[int, Sam2ImageFeatures]:
+def frame_features(heads: dict[str, Sam2Model], reference: dict) -> dict[int, Sam2ImageFeatures]:
     # The fuser gamma (the only difference between the two heads) is not part of the image path, so the
     # features are shared; checked here rather than assumed.
     image_keys = [k for k in heads["official"].state_dict() if k.startswith("image_encoder.") or ".conv_s" in k]
@@ -71,7 +71,7 @@ def _run(reference: dict, name: str) -> dict:
     return next(r for r in reference["runs"] if r["run"] == name)
 
 
-def _replay(head: Sam2Head, feats: dict[int, Sam2ImageFeatures], run: dict, npz: np.lib.npyio.NpzFile,
+def _replay(head: Sam2Model, feats: dict[int, Sam2ImageFeatures], run: dict, npz: np.lib.npyio.NpzFile,
             check: bool = True) -> list[str]:
     """Replay every pass of ``run``; returns the list of discrepancies (empty = parity)."""
     problems: list[str] = []
@@ -126,7 +126,7 @@ def _replay(head: Sam2Head, feats: dict[int, Sam2ImageFeatures], run: dict, npz:
     ("rigged_kf4", "official"),
     ("DEVIATION_rigged_no_kf_fuser_gamma_loaded", "stored"),
 ])
-def test_replay_matches_official_run(run_name: str, compat: str, heads: dict[str, Sam2Head],
+def test_replay_matches_official_run(run_name: str, compat: str, heads: dict[str, Sam2Model],
                                      frame_features: dict[int, Sam2ImageFeatures], reference: dict) -> None:
     run = _run(reference, run_name)
     with np.load(REF / "mask_logits.npz") as npz:
@@ -142,7 +142,7 @@ def test_high_res_features_match_record(frame_features: dict[int, Sam2ImageFeatu
         assert abs(s0.sum().item() - expected[0]) < 0.05 and abs(s1.sum().item() - expected[1]) < 0.05
 
 
-def test_fuser_gamma_compat_changes_the_result(heads: dict[str, Sam2Head],
+def test_fuser_gamma_compat_changes_the_result(heads: dict[str, Sam2Model],
                                                frame_features: dict[int, Sam2ImageFeatures], reference: dict) -> None:
     """The official compat (gamma 1e-6) does not reproduce the run made with the stored gammas: the option matters."""
     run = _run(reference, "DEVIATION_rigged_no_kf_fuser_gamma_loaded")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.tokenizer import GLUSTokenizer
 
 from conftest import OFFICIAL_TINY
@@ -84,7 +84,7 @@ def test_decode_round_trip_and_tokens(tok: GLUSTokenizer) -> None:
     assert 1 not in tok.convert_ids_to_tokens(ids, skip_special_tokens=True)
     with pytest.raises(ValueError):
         tok.convert_ids_to_tokens(-200)
-    with pytest.raises(GlusError):
+    with pytest.raises(GLUSError):
         tok.token_to_id("<no such token>")
 
 
@@ -107,7 +107,7 @@ def test_add_tokens_like_lisa(tmp_path: Path) -> None:
     shutil.copy(TINY / "tokenizer.model", tmp_path / "tokenizer.model")
     base = GLUSTokenizer.from_pretrained(tmp_path)
     assert len(base) == 700
-    with pytest.raises(GlusError):
+    with pytest.raises(GLUSError):
         base.seg_token_id
     assert base.add_tokens(["[SEG]"]) == 1
     assert base.add_tokens(["<im_start>", "<im_end>", "[SEG]", "▁the"]) == 2
@@ -118,20 +118,20 @@ def test_add_tokens_like_lisa(tmp_path: Path) -> None:
 
 
 def test_user_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(GlusError, match="tokenizer.model"):
+    with pytest.raises(GLUSError, match="tokenizer.model"):
         GLUSTokenizer.from_pretrained(tmp_path)
     shutil.copy(TINY / "tokenizer.model", tmp_path / "tokenizer.model")
     (tmp_path / "added_tokens.json").write_text('{"[SEG]": 705}')
-    with pytest.raises(GlusError, match="added_tokens.json.*next free id is 700"):
+    with pytest.raises(GLUSError, match="added_tokens.json.*next free id is 700"):
         GLUSTokenizer.from_pretrained(tmp_path)
     (tmp_path / "added_tokens.json").write_text("{not json")
-    with pytest.raises(GlusError, match="added_tokens.json.*invalid JSON"):
+    with pytest.raises(GLUSError, match="added_tokens.json.*invalid JSON"):
         GLUSTokenizer.from_pretrained(tmp_path)
     (tmp_path / "added_tokens.json").unlink()
     (tmp_path / "tokenizer_config.json").write_text('{"legacy": false}')
-    with pytest.raises(GlusError, match="tokenizer_config.json.*legacy"):
+    with pytest.raises(GLUSError, match="tokenizer_config.json.*legacy"):
         GLUSTokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer_config.json").unlink()
     (tmp_path / "tokenizer.model").write_bytes(b"not a model")
-    with pytest.raises(GlusError, match="tokenizer.model"):
+    with pytest.raises(GLUSError, match="tokenizer.model"):
         GLUSTokenizer.from_pretrained(tmp_path)

@@ -25,7 +25,7 @@ from glus.model.glus import GLUSModel
 from glus.model.losses import ContrastiveConfig, ObjectContrastiveLoss
 from glus.model.adapters import TRAINABLE_PATTERNS, set_trainable_parameters
 from glus.prompts import IGNORE_INDEX
-from glus.model.sam2_head import preprocess_frame
+from glus.model.sam2_model import preprocess_frame
 from glus.model.vision_tower import build_vision_tower, clip_pixel_values
 from glus.prompts import PromptBuilder, encode_training_conversation
 from glus.tokenizer import GLUSTokenizer

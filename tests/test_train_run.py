@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from glus.cli import main
 from glus.data.synthetic import make_video, write_mevis_split
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.prompts import PromptBuilder
 from glus.train.config import load_train_config, parse_data_source
 from glus.train.data import StepSampler, TrainingSet
@@ -61,14 +61,14 @@ def read_log(run: Path) -> list[dict[str, float]]:
 def test_settings_errors_are_one_line(tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "train.yaml"
     cfg.write_text("out: run\npreset: tiny\ntokenizer: tok\ndata: [mevis=d:1]\nstepz: 3\n")
-    with pytest.raises(GlusError, match="unknown setting.*stepz"):
+    with pytest.raises(GLUSError, match="unknown setting.*stepz"):
         load_train_config(cfg)
     cfg.write_text("out: run\npreset: tiny\ntokenizer: tok\ndata: [mevis=d:1]\nsteps: many\n")
-    with pytest.raises(GlusError, match="steps: 'many' is not a valid value"):
+    with pytest.raises(GLUSError, match="steps: 'many' is not a valid value"):
         load_train_config(cfg)
-    with pytest.raises(GlusError, match="unknown dataset 'coco'"):
+    with pytest.raises(GLUSError, match="unknown dataset 'coco'"):
         parse_data_source("coco=/data:1")
-    with pytest.raises(GlusError, match="rate must be > 0"):
+    with pytest.raises(GLUSError, match="rate must be > 0"):
         parse_data_source("mevis=/data:0")
     assert parse_data_source("mevis=/data/mevis/train:40").rate == 40.0
     assert parse_data_source("refytvos=/data/ytvos").path == "/data/ytvos"
@@ -78,7 +78,7 @@ def test_settings_errors_are_one_line(tmp_path: Path, capsys) -> None:
     for case, needle in ((["steps=0"], "steps must be >= 1"), (["lora_dropout=1.5"], "lora_dropout"),
                          (["dtype=fp16"], "dtype"), (["dtype=bf16"], "CUDA autocast"),
                          (["data=[]"], "no training data"), (["val_data=coco=x"], "unknown dataset")):
-        with pytest.raises(GlusError, match=needle):
+        with pytest.raises(GLUSError, match=needle):
             load_train_config(None, ["out=r", "preset=tiny", "tokenizer=t", "data=[mevis=d:1]", *case])
     assert main(["train", f"--config={cfg}"]) == 2
     err = capsys.readouterr().err.strip()
@@ -323,7 +323,7 @@ def test_start_as_the_authors_from_a_lisa_checkpoint_and_meta_sam2(mevis: Path, 
     assert not torch.equal(params["model.text_hidden_fcs.0.0.weight"].detach(),
                            state["model.text_hidden_fcs.0.0.weight"])
     missing_sam = tmp_path / "nope.pt"
-    with pytest.raises(GlusError, match="SAM-2 checkpoint not found"):
+    with pytest.raises(GLUSError, match="SAM-2 checkpoint not found"):
         Trainer(replace(cfg, sam2_checkpoint=str(missing_sam), out=str(tmp_path / "run2"))).prepare()
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from glus.data import video as video_mod
 from glus.data.video import natural_key, open_video, to_rgb_uint8
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 from conftest import BEDROOM
 
@@ -218,7 +218,7 @@ def _assert_one_line(exc: pytest.ExceptionInfo, path: Path, *words: str) -> None
 def test_corrupt_video(tmp_path: Path) -> None:
     bad = tmp_path / "noise.mp4"
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video(bad)
     _assert_one_line(exc, bad, "corrupt")
 
@@ -227,7 +227,7 @@ def test_truncated_video(tmp_path: Path, mp4: Path) -> None:
     cut = tmp_path / "cut.mp4"
     data = mp4.read_bytes()
     cut.write_bytes(data[: len(data) // 3])
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video(cut)
     assert str(cut) in str(exc.value) and "\n" not in str(exc.value)
 
@@ -255,14 +255,14 @@ def test_decoder_yielding_fewer_frames_than_counted(mp4: Path, monkeypatch: pyte
     monkeypatch.setattr(video_mod.VideoFileSource, "_decode_all", short)
     src = open_video(mp4)
     assert src.num_frames == N_FRAMES
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         list(src.iter_frames())
     _assert_one_line(exc, mp4, "ends before frame 10")
 
 
 def test_video_with_zero_frames(tmp_path: Path) -> None:
     empty = encode(tmp_path / "empty.avi", [], codec="mpeg4")  # avi keeps a stream header with no packets
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video(empty)
     _assert_one_line(exc, empty, "zero frames")
 
@@ -275,25 +275,25 @@ def test_file_without_video_stream(tmp_path: Path) -> None:
         frame.sample_rate = 16000
         for packet in [*stream.encode(frame), *stream.encode()]:
             container.mux(packet)
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video(path)
     _assert_one_line(exc, path, "no video stream")
 
 
 def test_start_past_the_end(mp4: Path) -> None:
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video(mp4, start=N_FRAMES)
     _assert_one_line(exc, mp4, "no frames selected")
 
 
 def test_missing_path_and_unsupported_extension(tmp_path: Path) -> None:
     missing = tmp_path / "nope.mp4"
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video(missing)
     _assert_one_line(exc, missing, "does not exist")
     odd = tmp_path / "clip.xyz"
     odd.write_bytes(b"x")
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video(odd)
     _assert_one_line(exc, odd, "unsupported extension")
 
@@ -343,7 +343,7 @@ def test_folder_mixed_sizes_names_file_and_sizes(tmp_path: Path) -> None:
     _save(tmp_path / "00000.png", np.zeros((20, 30, 3), np.uint8))
     _save(tmp_path / "00001.png", np.zeros((20, 30, 3), np.uint8))
     odd = _save(tmp_path / "00002.png", np.zeros((24, 30, 3), np.uint8))
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video(tmp_path)
     _assert_one_line(exc, odd, "24x30", "20x30", "00000.png")
 
@@ -351,11 +351,11 @@ def test_folder_mixed_sizes_names_file_and_sizes(tmp_path: Path) -> None:
 def test_empty_folder_and_folder_of_non_images(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video(empty)
     _assert_one_line(exc, empty, "no frame images")
     (empty / "readme.txt").write_text("x")
-    with pytest.raises(GlusError):
+    with pytest.raises(GLUSError):
         open_video(empty)
 
 
@@ -363,7 +363,7 @@ def test_folder_with_unknown_file_type(tmp_path: Path) -> None:
     _save(tmp_path / "00000.png", np.zeros((8, 8, 3), np.uint8))
     tif = tmp_path / "00001.tif"
     Image.new("RGB", (8, 8)).save(tif)
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video(tmp_path)
     _assert_one_line(exc, tif, "not a supported frame image")
 
@@ -372,7 +372,7 @@ def test_folder_with_undecodable_image(tmp_path: Path) -> None:
     _save(tmp_path / "00000.png", np.zeros((8, 8, 3), np.uint8))
     bad = tmp_path / "00001.jpg"
     bad.write_bytes(b"this is not a jpeg")
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video(tmp_path)
     _assert_one_line(exc, bad, "cannot read image")
 
@@ -386,15 +386,15 @@ def test_image_list_keeps_order_and_checks_entries(tmp_path: Path, frames: list[
     single = open_video(a)
     assert single.num_frames == 1 and single.frame_names == ["b"]
     missing = tmp_path / "c.png"
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video([a, missing])
     _assert_one_line(exc, missing, "does not exist")
     (tmp_path / "d").mkdir()
     dup = _save(tmp_path / "d" / "a.png", frames[2])
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         open_video([b, dup])
     _assert_one_line(exc, dup, "share the name")
-    with pytest.raises(GlusError):
+    with pytest.raises(GLUSError):
         open_video([])
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.inference import writers
 from glus.data.masks import encode_rle
 from glus.inference.writers import (
@@ -150,10 +150,10 @@ def test_ensure_writable_dir(tmp_path: Path) -> None:
     assert out.is_dir() and list(out.iterdir()) == []  # the probe file is gone
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         ensure_writable_dir(a_file)
     assert str(a_file) in str(exc.value) and "not a folder" in str(exc.value)
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         ensure_writable_dir(a_file / "sub")
     assert "cannot create output folder" in str(exc.value) and "\n" not in str(exc.value)
 
@@ -163,7 +163,7 @@ def test_ensure_writable_dir_refuses_unwritable(tmp_path: Path, monkeypatch: pyt
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(tempfile, "mkstemp", denied)
-    with pytest.raises(GlusError) as exc:
+    with pytest.raises(GLUSError) as exc:
         ensure_writable_dir(tmp_path)
     assert str(exc.value) == f"{tmp_path}: output folder is not writable (Permission denied)"
 
@@ -174,7 +174,7 @@ def test_ensure_writable_dir_read_only_folder(tmp_path: Path) -> None:
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        with pytest.raises(GlusError, match="not writable"):
+        with pytest.raises(GLUSError, match="not writable"):
             ensure_writable_dir(ro)
     finally:
         ro.chmod(0o700)

@@ -2,7 +2,7 @@
 
 Every sub-command is a module of :mod:`glus.commands` (``register(sub)`` declares it, ``run(args)`` runs it) named
 in :data:`COMMANDS`; each imports its library only when it runs, so ``glus --help`` stays fast. User errors
-(:class:`glus.errors.GlusError`) are printed on one line without a traceback, exit status 2; a
+(:class:`glus.errors.GLUSError`) are printed on one line without a traceback, exit status 2; a
 :class:`~glus.errors.ParameterError` names the command's flags instead of the library's parameter names.
 """
 
@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from glus.errors import GlusError, ParameterError
+from glus.errors import GLUSError, ParameterError
 
 #: The sub-commands, in the order ``glus --help`` lists them: modules of :mod:`glus.commands`.
 COMMANDS = ("evaluate", "submit", "segment", "convert", "infer", "train", "data")
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         rc = args.func(args)
-    except GlusError as exc:
+    except GLUSError as exc:
         if isinstance(exc, ParameterError):
             from glus.commands import flag_names
 

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from glus.errors import GlusError, ParameterError
+from glus.errors import GLUSError, ParameterError
 
 __all__ = ["Shard", "assign_shards", "check_device", "env_int", "resolve_device", "resolve_shard"]
 
@@ -34,7 +34,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
-            raise GlusError(f"shard index must be in 0..count-1 with count >= 1, got {self.index} of {self.count}")
+            raise GLUSError(f"shard index must be in 0..count-1 with count >= 1, got {self.index} of {self.count}")
 
     def __str__(self) -> str:
         return f"{self.index}-of-{self.count}"
@@ -48,7 +48,7 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise GlusError(f"environment variable {name}={value!r} is not an integer") from None
+        raise GLUSError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def resolve_shard(num_shards: int | None = None, shard_index: int | None = None,
@@ -63,7 +63,7 @@ def resolve_shard(num_shards: int | None = None, shard_index: int | None = None,
     world = env_int(env, "WORLD_SIZE", 1)
     rank = env_int(env, "RANK", 0)
     if world < 1 or not 0 <= rank < world:
-        raise GlusError(f"RANK={rank} / WORLD_SIZE={world} from the environment are inconsistent")
+        raise GLUSError(f"RANK={rank} / WORLD_SIZE={world} from the environment are inconsistent")
     if (num_shards is None) != (shard_index is None):
         raise ParameterError("{num_shards} and {shard_index} go together")
     if num_shards is None:
@@ -107,7 +107,7 @@ def resolve_device(device: str, env: Mapping[str, str] | None = None) -> str:
         return "cpu"
     match = re.fullmatch(r"cuda(?::(\d+))?", text)
     if match is None:
-        raise GlusError(f"unknown device {device!r}; choose cpu, cuda or cuda:N")
+        raise GLUSError(f"unknown device {device!r}; choose cpu, cuda or cuda:N")
     if match.group(1) is not None:
         return text
     if env.get("LOCAL_RANK", "") != "":

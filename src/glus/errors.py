@@ -1,6 +1,6 @@
 """User-facing errors.
 
-A :class:`GlusError` is a problem with the user's input (a file, a flag, a checkpoint): the CLI prints its
+A :class:`GLUSError` is a problem with the user's input (a file, a flag, a checkpoint): the CLI prints its
 message on one line, without a traceback, and exits with status 2. Messages name the file and the problem.
 
 A :class:`ParameterError` is one that names parameters of the library function it comes from (``max_batch must be
@@ -17,7 +17,7 @@ from typing import Mapping
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class GlusError(Exception):
+class GLUSError(Exception):
     """An error caused by user input; its message is one line naming the file (if any) and the problem."""
 
     def __init__(self, message: str, path: str | Path | None = None) -> None:
@@ -25,8 +25,8 @@ class GlusError(Exception):
         super().__init__(f"{path}: {message}" if path is not None else message)
 
 
-class ParameterError(GlusError):
-    """A :class:`GlusError` about the value of named parameters.
+class ParameterError(GLUSError):
+    """A :class:`GLUSError` about the value of named parameters.
 
     ``template`` writes each parameter as a field, ``"{max_batch} must be >= 1, got 0"``; the message names it plainly
     (``max_batch must be >= 1, got 0``) and :meth:`named` gives the same error with the names a front end uses.

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 
 def _current_umask() -> int:
@@ -63,7 +63,7 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = None) 
 
 
 def read_json(path: str | Path, what: str = "JSON file", *, unreadable: str | None = None) -> Any:
-    """Load a whole (small) JSON file; a missing file or invalid JSON is a one-line :class:`GlusError`.
+    """Load a whole (small) JSON file; a missing file or invalid JSON is a one-line :class:`GLUSError`.
 
     Args:
         what: what the file is, for the messages (``"config.json"``, ``"key-frame file"``).
@@ -75,7 +75,7 @@ def read_json(path: str | Path, what: str = "JSON file", *, unreadable: str | No
         with open(path, "rb") as f:
             return json.loads(f.read())
     except FileNotFoundError:
-        raise GlusError(f"{what} not found", path) from None
+        raise GLUSError(f"{what} not found", path) from None
     except IsADirectoryError:
         detail = f"{what} is a folder, not a JSON file"
     except json.JSONDecodeError as exc:
@@ -84,12 +84,12 @@ def read_json(path: str | Path, what: str = "JSON file", *, unreadable: str | No
         detail = f"invalid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})"
     except OSError as exc:
         detail = f"cannot read the {what} ({exc.strerror or exc})"
-    raise GlusError(detail if unreadable is None else unreadable.replace("{detail}", detail), path)
+    raise GLUSError(detail if unreadable is None else unreadable.replace("{detail}", detail), path)
 
 
 def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
     """:func:`read_json` for files that must hold a JSON object."""
     data = read_json(path, what)
     if not isinstance(data, dict):
-        raise GlusError(f"{what}: expected a JSON object", path)
+        raise GLUSError(f"{what}: expected a JSON object", path)
     return data

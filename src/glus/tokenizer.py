@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import sentencepiece as spm
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.fileio import atomic_write_bytes, read_json_object
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class SpecialToken:
         if isinstance(value, dict) and isinstance(value.get("content"), str):
             return cls(value["content"], bool(value.get("lstrip", False)), bool(value.get("rstrip", False)),
                        bool(value.get("normalized", True)))
-        raise GlusError(f"special token entry {value!r} is neither a string nor an object with 'content'", where)
+        raise GLUSError(f"special token entry {value!r} is neither a string nor an object with 'content'", where)
 
 
 class GLUSTokenizer:
@@ -95,7 +95,7 @@ class GLUSTokenizer:
         try:
             self.sp.LoadFromSerializedProto(sp_model_proto)
         except (RuntimeError, OSError) as exc:  # sentencepiece raises RuntimeError on a corrupt proto
-            raise GlusError(f"not a sentencepiece model ({exc})", self._sp_path()) from None
+            raise GLUSError(f"not a sentencepiece model ({exc})", self._sp_path()) from None
         self._sp_proto = bytes(sp_model_proto)
         self.add_bos_token = add_bos_token
         self.add_eos_token = add_eos_token
@@ -115,7 +115,7 @@ class GLUSTokenizer:
                 continue
             expected = len(self)
             if index != expected:
-                raise GlusError(f"added token {token!r} has id {index} but the next free id is {expected}",
+                raise GLUSError(f"added token {token!r} has id {index} but the next free id is {expected}",
                                 self._source / ADDED_TOKENS_FILE if self._source else None)
             self.added_tokens_encoder[token] = index
             self.added_tokens_decoder[index] = token
@@ -136,15 +136,15 @@ class GLUSTokenizer:
         folder = Path(folder)
         sp_path = folder / SP_MODEL_FILE
         if not sp_path.is_file():
-            raise GlusError("missing sentencepiece model (the slow LLaMA tokenizer's tokenizer.model)", sp_path)
+            raise GLUSError("missing sentencepiece model (the slow LLaMA tokenizer's tokenizer.model)", sp_path)
         config = _read_json(folder / TOKENIZER_CONFIG_FILE, default={})
         if config.get("legacy", True) is False:
-            raise GlusError("legacy=false tokenisation is not supported; GLUS checkpoints use the legacy "
+            raise GLUSError("legacy=false tokenisation is not supported; GLUS checkpoints use the legacy "
                             "LLaMA tokenizer", folder / TOKENIZER_CONFIG_FILE)
         special_map = _read_json(folder / SPECIAL_TOKENS_MAP_FILE, default={})
         added = _read_json(folder / ADDED_TOKENS_FILE, default={})
         if not all(isinstance(k, str) and isinstance(v, int) for k, v in added.items()):
-            raise GlusError("expected an object mapping token strings to integer ids", folder / ADDED_TOKENS_FILE)
+            raise GLUSError("expected an object mapping token strings to integer ids", folder / ADDED_TOKENS_FILE)
 
         specials: dict[str, SpecialToken] = {}
         # tokenizer_config.json holds the defaults, special_tokens_map.json overrides them (transformers' order).
@@ -222,12 +222,12 @@ class GLUSTokenizer:
         return self.sp.get_piece_size()
 
     def token_to_id(self, token: str) -> int:
-        """Id of one whole token (an added token or a sentencepiece piece); GlusError if unknown."""
+        """Id of one whole token (an added token or a sentencepiece piece); GLUSError if unknown."""
         if token in self.added_tokens_encoder:
             return self.added_tokens_encoder[token]
         sp_id = self._sp_id(token)
         if sp_id is None:
-            raise GlusError(f"token {token!r} is not in the vocabulary", self._source)
+            raise GLUSError(f"token {token!r} is not in the vocabulary", self._source)
         return sp_id
 
     def _special_id(self, attr: str) -> int | None:

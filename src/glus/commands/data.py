@@ -40,12 +40,12 @@ def _at_least(low: int):
 
 def run_synth(args: argparse.Namespace) -> int:
     from glus.data.benchmark import write_benchmark
-    from glus.errors import GlusError
+    from glus.errors import GLUSError
 
     if len(args.videos) not in (1, 3):
-        raise GlusError("--videos takes one number (every split) or three (train val test)")
+        raise GLUSError("--videos takes one number (every split) or three (train val test)")
     if min(args.size) < 16:
-        raise GlusError("--size: frames of at least 16x16")
+        raise GLUSError("--size: frames of at least 16x16")
     counts = args.videos[0] if len(args.videos) == 1 else args.videos
     written = write_benchmark(args.out, counts, seed=args.seed, num_frames=args.frames, height=args.size[0],
                               width=args.size[1])

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from tqdm import tqdm
 
-    from glus.errors import GlusError
+    from glus.errors import GLUSError
     from glus.eval.submission import make_submission
 
     bar = tqdm(total=0, unit="expr", desc="checking", disable=None, leave=False)
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"  {line}", highlight=False)
         if len(check.problems) > SHOWN_PROBLEMS:
             console.print(f"  ... and {len(check.problems) - SHOWN_PROBLEMS} more", highlight=False)
-        raise GlusError(f"{len(check.problems)} problems in the predictions (listed above); no zip written",
+        raise GLUSError(f"{len(check.problems)} problems in the predictions (listed above); no zip written",
                         args.pred_dir)
     out_zip = Path(args.out_zip)
     note = f", {len(check.convert)} converted to 8-bit 0/255" if check.convert else ""

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from glus.commands import transformers_progress_bars_off
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.fileio import atomic_write_json
 
 
@@ -43,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
     words = list(args.words)
     if words and words[0] == "check-official":
         if len(words) != 2:
-            raise GlusError("usage: glus train check-official DIR [--record NAME] [--json OUT]")
+            raise GLUSError("usage: glus train check-official DIR [--record NAME] [--json OUT]")
         return run_check_official(Path(words[1]), args.records, args.json)
     if words and words[0] == "export":
         if len(words) != 2:
-            raise GlusError("usage: glus train export RUN [--out DIR]")
+            raise GLUSError("usage: glus train export RUN [--out DIR]")
         return run_export(Path(words[1]), args.out)
     return run_training(args.config, words, args.resume, args.data)
 

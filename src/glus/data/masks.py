@@ -7,7 +7,7 @@ Conventions shared by every function here:
   JSON stores it, ``bytes`` as pycocotools returns it and pickles keep it) or an uncompressed list of run
   lengths (YouTube-VIS style);
 * a "where" string (``"mask_dict.json: annotation '3', frame 12"``) is put at the front of error messages so
-  that a :class:`~glus.errors.GlusError` names the file and the entry that is wrong.
+  that a :class:`~glus.errors.GLUSError` names the file and the entry that is wrong.
 
 Written PNGs are 8-bit grayscale with values 0 / 255 (the submission format of MeViS and Ref-YouTube-VOS) and
 appear atomically: the image goes to a temporary file in the destination folder first, then ``os.replace``.
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as cocomask
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.fileio import atomic_write_bytes
 
 # pycocotools (<= 2.0.11) builds its output with numpy's pre-2.0 ``copy=False`` protocol and numpy 2 warns
@@ -40,14 +40,14 @@ def _prefix(where: str) -> str:
 
 
 def rle_size(rle: Any, where: str = "") -> tuple[int, int]:
-    """Return ``(H, W)`` of a COCO RLE dict after checking its shape; raise :class:`GlusError` if malformed."""
+    """Return ``(H, W)`` of a COCO RLE dict after checking its shape; raise :class:`GLUSError` if malformed."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-        raise GlusError(f"{_prefix(where)}expected a COCO RLE object with 'size' and 'counts', got "
+        raise GLUSError(f"{_prefix(where)}expected a COCO RLE object with 'size' and 'counts', got "
                         f"{type(rle).__name__}")
     size = rle["size"]
     if (not isinstance(size, (list, tuple)) or len(size) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in size)):
-        raise GlusError(f"{_prefix(where)}RLE 'size' must be [height, width] of non-negative integers, "
+        raise GLUSError(f"{_prefix(where)}RLE 'size' must be [height, width] of non-negative integers, "
                         f"got {size!r}")
     return int(size[0]), int(size[1])
 
@@ -59,7 +59,7 @@ def decode_rle(rle: dict | Sequence[dict], expected_hw: tuple[int, int] | None =
     Args:
         rle: ``{"size": [H, W], "counts": str | bytes | list[int]}``; a list of such dicts (several
             polygons / parts of one object, as some VIS files store a frame) decodes to their union.
-        expected_hw: the frame size ``(H, W)``; an RLE of another size raises :class:`GlusError`.
+        expected_hw: the frame size ``(H, W)``; an RLE of another size raises :class:`GLUSError`.
         where: file and entry, put at the front of error messages.
 
     Returns:
@@ -68,7 +68,7 @@ def decode_rle(rle: dict | Sequence[dict], expected_hw: tuple[int, int] | None =
     if isinstance(rle, (list, tuple)) and not isinstance(rle, dict):
         if not rle:
             if expected_hw is None:
-                raise GlusError(f"{_prefix(where)}empty RLE list and no frame size to build an empty mask")
+                raise GLUSError(f"{_prefix(where)}empty RLE list and no frame size to build an empty mask")
             return np.zeros(expected_hw, dtype=bool)
         out = None
         for part in rle:
@@ -76,35 +76,35 @@ def decode_rle(rle: dict | Sequence[dict], expected_hw: tuple[int, int] | None =
             if out is None:
                 out = m.copy()
             elif m.shape != out.shape:
-                raise GlusError(f"{_prefix(where)}RLE parts of one mask disagree in size: {out.shape} vs {m.shape}")
+                raise GLUSError(f"{_prefix(where)}RLE parts of one mask disagree in size: {out.shape} vs {m.shape}")
             else:
                 out |= m
         return out
     h, w = rle_size(rle, where)
     if expected_hw is not None and (h, w) != tuple(expected_hw):
-        raise GlusError(f"{_prefix(where)}RLE size {h}x{w} disagrees with the frame size "
+        raise GLUSError(f"{_prefix(where)}RLE size {h}x{w} disagrees with the frame size "
                         f"{expected_hw[0]}x{expected_hw[1]} (height x width)")
     counts = rle["counts"]
     try:
         if isinstance(counts, list):
             # Uncompressed run lengths: they must add up to H*W, which pycocotools does not check.
             if sum(counts) != h * w or any((not isinstance(c, int)) or c < 0 for c in counts):
-                raise GlusError(f"{_prefix(where)}uncompressed RLE counts do not cover {h}x{w} pixels")
+                raise GLUSError(f"{_prefix(where)}uncompressed RLE counts do not cover {h}x{w} pixels")
             coco = cocomask.frPyObjects({"size": [h, w], "counts": counts}, h, w)
         elif isinstance(counts, str):
             coco = {"size": [h, w], "counts": counts.encode("ascii")}
         elif isinstance(counts, bytes):
             coco = {"size": [h, w], "counts": counts}
         else:
-            raise GlusError(f"{_prefix(where)}RLE 'counts' must be a string, bytes or a list of integers, got "
+            raise GLUSError(f"{_prefix(where)}RLE 'counts' must be a string, bytes or a list of integers, got "
                             f"{type(counts).__name__}")
         mask = cocomask.decode(coco)
-    except GlusError:
+    except GLUSError:
         raise
     except (UnicodeEncodeError, ValueError, TypeError, OverflowError) as exc:
-        raise GlusError(f"{_prefix(where)}cannot decode RLE: {exc}") from None
+        raise GLUSError(f"{_prefix(where)}cannot decode RLE: {exc}") from None
     if mask.shape != (h, w):
-        raise GlusError(f"{_prefix(where)}RLE decodes to {mask.shape}, not its declared size {h}x{w}")
+        raise GLUSError(f"{_prefix(where)}RLE decodes to {mask.shape}, not its declared size {h}x{w}")
     return np.ascontiguousarray(mask.astype(bool))
 
 
@@ -134,7 +134,7 @@ def read_mask_png(path: str | Path, *, indices: bool = False,
         path: an 8-bit grayscale (``L``), 1-bit or palette (``P``) PNG.
         indices: return the raw ``(H, W)`` ``uint8`` values (palette indices = object ids in DAVIS /
             YouTube-VOS annotations) instead of the ``bool`` foreground ``value > 0``.
-        expected_hw: the frame size ``(H, W)``; a PNG of another size raises :class:`GlusError`.
+        expected_hw: the frame size ``(H, W)``; a PNG of another size raises :class:`GLUSError`.
         where: entry described in error messages (the file name itself is always included).
 
     Returns:
@@ -145,22 +145,22 @@ def read_mask_png(path: str | Path, *, indices: bool = False,
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "1", "I;16", "I"):
-                raise GlusError(f"expected a single-channel (palette or grayscale) mask PNG, got mode "
+                raise GLUSError(f"expected a single-channel (palette or grayscale) mask PNG, got mode "
                                 f"{im.mode}{what}", path)
             arr = np.array(im)
     except FileNotFoundError:
-        raise GlusError(f"mask PNG not found{what}", path) from None
+        raise GLUSError(f"mask PNG not found{what}", path) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise GlusError(f"cannot read mask PNG{what}: {exc}", path) from None
+        raise GLUSError(f"cannot read mask PNG{what}: {exc}", path) from None
     if expected_hw is not None and arr.shape != tuple(expected_hw):
-        raise GlusError(f"mask size {arr.shape[0]}x{arr.shape[1]} disagrees with the frame size "
+        raise GLUSError(f"mask size {arr.shape[0]}x{arr.shape[1]} disagrees with the frame size "
                         f"{expected_hw[0]}x{expected_hw[1]} (height x width){what}", path)
     if indices:
         if arr.dtype != np.uint8:
             if arr.dtype == bool:
                 return arr.astype(np.uint8)
             if arr.max(initial=0) > 255:
-                raise GlusError(f"mask values exceed 255; object ids must be 8-bit{what}", path)
+                raise GLUSError(f"mask values exceed 255; object ids must be 8-bit{what}", path)
             return arr.astype(np.uint8)
         return arr
     return arr > 0

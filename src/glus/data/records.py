@@ -25,7 +25,7 @@ from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 __all__ = ["Expression", "Video", "Dataset", "MaskSource", "LRUCache"]
 
@@ -151,7 +151,7 @@ class Dataset:
 
     Subclasses (one per format, in :mod:`glus.data.formats`) fill ``videos`` and set a :class:`MaskSource`;
     splits without ground truth (MeViS ``valid``, Ref-YouTube-VOS ``valid``) have none, and asking for their
-    masks raises :class:`GlusError`.
+    masks raises :class:`GLUSError`.
     """
 
     name: str = "dataset"
@@ -186,14 +186,14 @@ class Dataset:
         try:
             return self.videos[video_id]
         except KeyError:
-            raise GlusError(f"no video '{video_id}' in {self.name} {self.split}", self.root) from None
+            raise GLUSError(f"no video '{video_id}' in {self.name} {self.split}", self.root) from None
 
     def expression(self, video_id: str, exp_id: str) -> Expression:
         video = self.video(video_id)
         try:
             return video.expressions[str(exp_id)]
         except KeyError:
-            raise GlusError(f"video '{video_id}' of {self.name} {self.split} has no expression '{exp_id}'",
+            raise GLUSError(f"video '{video_id}' of {self.name} {self.split} has no expression '{exp_id}'",
                             self.root) from None
 
     # ------------------------------------------------------------------ frame size
@@ -214,7 +214,7 @@ class Dataset:
                 with Image.open(video.frame_paths[0]) as im:
                     size = (im.height, im.width)
             except (UnidentifiedImageError, OSError) as exc:
-                raise GlusError(f"cannot read frame: {exc}", video.frame_paths[0]) from None
+                raise GLUSError(f"cannot read frame: {exc}", video.frame_paths[0]) from None
         elif self.masks is not None:
             size = self.masks.size_hint(video)
         self._sizes[video_id] = size
@@ -223,13 +223,13 @@ class Dataset:
     # ------------------------------------------------------------------ ground truth
     def _require_masks(self) -> MaskSource:
         if self.masks is None:
-            raise GlusError(f"the {self.name} {self.split} split has no ground-truth masks", self.root)
+            raise GLUSError(f"the {self.name} {self.split} split has no ground-truth masks", self.root)
         return self.masks
 
     def _frame_hw(self, video: Video) -> tuple[int, int]:
         hw = self.frame_size(video.video_id)
         if hw is None:
-            raise GlusError(f"cannot tell the frame size of video '{video.video_id}': no height/width in the "
+            raise GLUSError(f"cannot tell the frame size of video '{video.video_id}': no height/width in the "
                             f"annotations, no frame images and no stored mask", self.root)
         return hw
 

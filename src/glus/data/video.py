@@ -25,10 +25,10 @@ so portrait phone videos come out portrait. EXIF orientation of images is delibe
 annotations are stored in the pixel orientation of the file, and rotating the frame would misalign them.
 
 Folders may hold files that are clearly not frames (``.txt``, ``.json``, ``.csv``, ... and hidden files such
-as ``.DS_Store``); those are ignored. Sub-folders are ignored. Any other file raises :class:`GlusError`,
+as ``.DS_Store``); those are ignored. Sub-folders are ignored. Any other file raises :class:`GLUSError`,
 because silently skipping, say, a ``.tif`` frame would shift every later frame index.
 
-Every problem with the input raises :class:`GlusError` whose one-line message names the file.
+Every problem with the input raises :class:`GLUSError` whose one-line message names the file.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +93,9 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
             image.load()
             return to_rgb_uint8(image)
     except FileNotFoundError:
-        raise GlusError("image does not exist", path) from None
+        raise GLUSError("image does not exist", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise GlusError(f"cannot read image ({_one_line(exc)})", path) from None
+        raise GLUSError(f"cannot read image ({_one_line(exc)})", path) from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -186,11 +186,11 @@ class ImageSequenceSource(VideoSource):
                 with Image.open(file) as image:
                     size = (image.height, image.width)
             except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-                raise GlusError(f"cannot read image ({_one_line(exc)})", file) from None
+                raise GLUSError(f"cannot read image ({_one_line(exc)})", file) from None
             if first is None:
                 first = size
             elif size != first:
-                raise GlusError(
+                raise GLUSError(
                     f"frame size {size[0]}x{size[1]} (HxW) differs from the first frame "
                     f"{self.files[0].name} ({first[0]}x{first[1]})", file)
         assert first is not None
@@ -206,7 +206,7 @@ class ImageSequenceSource(VideoSource):
     def _decode(self, file: Path) -> np.ndarray:
         frame = read_image_rgb(file)
         if frame.shape[:2] != self._size:  # the file changed on disk since it was opened
-            raise GlusError(f"frame size {frame.shape[0]}x{frame.shape[1]} (HxW) differs from "
+            raise GLUSError(f"frame size {frame.shape[0]}x{frame.shape[1]} (HxW) differs from "
                             f"{self._size[0]}x{self._size[1]}", file)
         return frame
 
@@ -228,10 +228,10 @@ class VideoFileSource(VideoSource):
             total, rate = self._probe_opencv(str(exc))
             self.backend = "opencv"
         if total == 0:
-            raise GlusError("video has zero frames", path)
+            raise GLUSError("video has zero frames", path)
         selected = _select(total, start, stride, max_frames)
         if len(selected) == 0:
-            raise GlusError(f"no frames selected: start={start} is past the video's {total} frames", path)
+            raise GLUSError(f"no frames selected: start={start} is past the video's {total} frames", path)
         self.total_frames = total
         self.source_indices = list(selected)
         self.frame_names = [f"{i:05d}" for i in selected]
@@ -244,7 +244,7 @@ class VideoFileSource(VideoSource):
         finally:
             probe.close()
         if first is None:
-            raise GlusError("no frame could be decoded", path)
+            raise GLUSError("no frame could be decoded", path)
         self._size = (int(first[1].shape[0]), int(first[1].shape[1]))
 
     # ---- probing -------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ class VideoFileSource(VideoSource):
             raise _PyAVCannotOpen(_one_line(exc)) from None
         try:
             if not container.streams.video:
-                raise GlusError("file has no video stream", self.path)
+                raise GLUSError("file has no video stream", self.path)
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             # Count packets instead of trusting the header (mkv/webm store no count, others may be wrong);
@@ -268,7 +268,7 @@ class VideoFileSource(VideoSource):
                     if packet.size and not packet.is_discard:
                         total += 1
             except av.error.FFmpegError as exc:
-                raise GlusError(f"corrupt video: {_one_line(exc)}", self.path) from None
+                raise GLUSError(f"corrupt video: {_one_line(exc)}", self.path) from None
             return total, (float(rate) if rate else None)
         finally:
             container.close()
@@ -279,7 +279,7 @@ class VideoFileSource(VideoSource):
         capture = cv2.VideoCapture(str(self.path))
         try:
             if not capture.isOpened():
-                raise GlusError(f"unreadable or corrupt video (PyAV: {pyav_reason}; OpenCV could not open it)",
+                raise GLUSError(f"unreadable or corrupt video (PyAV: {pyav_reason}; OpenCV could not open it)",
                                 self.path)
             logger.info("%s: PyAV cannot open it (%s); decoding with OpenCV", self.path, pyav_reason)
             rate = capture.get(cv2.CAP_PROP_FPS)
@@ -299,7 +299,7 @@ class VideoFileSource(VideoSource):
             try:
                 container = av.open(str(self.path))
             except (av.error.FFmpegError, OSError) as exc:
-                raise GlusError(f"unreadable or corrupt video: {_one_line(exc)}", self.path) from None
+                raise GLUSError(f"unreadable or corrupt video: {_one_line(exc)}", self.path) from None
             try:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
@@ -309,7 +309,7 @@ class VideoFileSource(VideoSource):
                         yield index, frame
                         index += 1
                 except av.error.FFmpegError as exc:
-                    raise GlusError(f"corrupt video at frame {index}: {_one_line(exc)}", self.path) from None
+                    raise GLUSError(f"corrupt video at frame {index}: {_one_line(exc)}", self.path) from None
             finally:
                 container.close()
         else:
@@ -357,14 +357,14 @@ class VideoFileSource(VideoSource):
                 position, target = step
         finally:
             frames.close()  # type: ignore[attr-defined]
-        raise GlusError(f"video ends before frame {target} although its container lists "
+        raise GLUSError(f"video ends before frame {target} although its container lists "
                         f"{self.total_frames} frames (truncated or corrupt)", self.path)
 
     def iter_frames(self) -> Iterator[np.ndarray]:
         size = getattr(self, "_size", None)
         for _, rgb in self._decode_selected():
             if size is not None and rgb.shape[:2] != size:
-                raise GlusError(f"frame size changes mid-stream from {size[0]}x{size[1]} to "
+                raise GLUSError(f"frame size changes mid-stream from {size[0]}x{size[1]} to "
                                 f"{rgb.shape[0]}x{rgb.shape[1]} (HxW)", self.path)
             yield rgb
 
@@ -378,7 +378,7 @@ class VideoFileSource(VideoSource):
             self._cursor_pos = position
             if position == index:
                 return rgb
-        raise GlusError(f"frame {self.frame_names[index]} could not be decoded", self.path)
+        raise GLUSError(f"frame {self.frame_names[index]} could not be decoded", self.path)
 
     def _close_cursor(self) -> None:
         if self._cursor is not None:
@@ -404,7 +404,7 @@ def _frame_folder_files(folder: Path) -> list[Path]:
         elif suffix in IGNORED_EXTENSIONS:
             logger.debug("%s: not an image, ignored", entry)
         else:
-            raise GlusError(f"not a supported frame image (expected one of "
+            raise GLUSError(f"not a supported frame image (expected one of "
                             f"{' '.join(sorted(IMAGE_EXTENSIONS))})", entry)
     return sorted(frames, key=lambda p: natural_key(p.name))
 
@@ -413,14 +413,14 @@ def _check_image_list(files: Sequence[Path]) -> None:
     seen: dict[str, Path] = {}
     for file in files:
         if not file.exists():
-            raise GlusError("image does not exist", file)
+            raise GLUSError("image does not exist", file)
         if not file.is_file():
-            raise GlusError("not a file", file)
+            raise GLUSError("not a file", file)
         if file.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise GlusError(f"unsupported image extension '{file.suffix}' (expected one of "
+            raise GLUSError(f"unsupported image extension '{file.suffix}' (expected one of "
                             f"{' '.join(sorted(IMAGE_EXTENSIONS))})", file)
         if file.stem in seen:  # masks are written as <stem>.png: two frames must not share a name
-            raise GlusError(f"two frames share the name '{file.stem}' (also {seen[file.stem].name})", file)
+            raise GLUSError(f"two frames share the name '{file.stem}' (also {seen[file.stem].name})", file)
         seen[file.stem] = file
 
 
@@ -439,7 +439,7 @@ def open_video(source: str | Path | Sequence[str | Path], *, start: int = 0, str
         A :class:`VideoSource`; close it (or use it as a context manager) when done with :meth:`read`.
 
     Raises:
-        GlusError: the path does not exist, has an unsupported extension, cannot be decoded, holds no frames,
+        GLUSError: the path does not exist, has an unsupported extension, cannot be decoded, holds no frames,
             or holds frames of different sizes.
     """
     if stride < 1:
@@ -452,23 +452,23 @@ def open_video(source: str | Path | Sequence[str | Path], *, start: int = 0, str
     if not isinstance(source, (str, Path)):
         files = [Path(p) for p in source]
         if not files:
-            raise GlusError("the list of frame images is empty")
+            raise GLUSError("the list of frame images is empty")
         return _image_source(files, files[0], start, stride, max_frames, fps)
 
     path = Path(source)
     if not path.exists():
-        raise GlusError("path does not exist", path)
+        raise GLUSError("path does not exist", path)
     if path.is_dir():
         files = _frame_folder_files(path)
         if not files:
-            raise GlusError(f"folder holds no frame images ({' '.join(sorted(IMAGE_EXTENSIONS))})", path)
+            raise GLUSError(f"folder holds no frame images ({' '.join(sorted(IMAGE_EXTENSIONS))})", path)
         return _image_source(files, path, start, stride, max_frames, fps)
     suffix = path.suffix.lower()
     if suffix in VIDEO_EXTENSIONS:
         return VideoFileSource(path, start=start, stride=stride, max_frames=max_frames)
     if suffix in IMAGE_EXTENSIONS:
         return _image_source([path], path, start, stride, max_frames, fps)
-    raise GlusError(f"unsupported extension '{path.suffix}' (expected a folder of frames, a video "
+    raise GLUSError(f"unsupported extension '{path.suffix}' (expected a folder of frames, a video "
                     f"{' '.join(sorted(VIDEO_EXTENSIONS))} or an image {' '.join(sorted(IMAGE_EXTENSIONS))})",
                     path)
 
@@ -477,7 +477,7 @@ def _image_source(files: list[Path], path: Path, start: int, stride: int, max_fr
                   fps: float | None) -> ImageSequenceSource:
     selected = _select(len(files), start, stride, max_frames)
     if len(selected) == 0:
-        raise GlusError(f"no frames selected: start={start} is past the {len(files)} frames", path)
+        raise GLUSError(f"no frames selected: start={start} is past the {len(files)} frames", path)
     kept = [files[i] for i in selected]
     _check_image_list(kept)
     return ImageSequenceSource(kept, path=path, fps=None if fps is None else fps / stride,

@@ -33,7 +33,7 @@ import numpy as np
 from glus.data.formats import load_dataset
 from glus.data.masks import read_mask_png
 from glus.data.records import Dataset, Video
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.eval.metrics import BoxMask, frame_jf
 from glus.eval.predictions import PredictionError, read_mask_prediction
 from glus.eval.results import EvaluationResult
@@ -126,7 +126,7 @@ def _sequence(dataset: Dataset, video: Video, pred_root: Path, annotator: int) -
     res_labels, missing = _proposal_labels(dataset, video, pred_root, annotator, gt_labels.shape)
     n_res = max(int(res_labels.max()), n_gt)
     if n_res > MAX_PROPOSALS:
-        raise GlusError(f"video '{video.video_id}' has {n_res} proposals, more than the DAVIS toolkit's "
+        raise GLUSError(f"video '{video.video_id}' has {n_res} proposals, more than the DAVIS toolkit's "
                         f"{MAX_PROPOSALS}", pred_root)
     keep = ~void
     T = gt_labels.shape[0]
@@ -176,10 +176,10 @@ def evaluate_referformer(split_dir: str | Path, pred_dir: str | Path, *, split: 
     dataset = load_dataset("davis17", split_dir, split, masks="png")
     pred_root = Path(pred_dir)
     if not pred_root.is_dir():
-        raise GlusError("prediction folder not found", pred_root)
+        raise GLUSError("prediction folder not found", pred_root)
     for video in dataset.videos.values():
         if len(video.expressions) % ANNOTATORS:
-            raise GlusError(f"video '{video.video_id}' has {len(video.expressions)} expressions; ReferFormer's "
+            raise GLUSError(f"video '{video.video_id}' has {len(video.expressions)} expressions; ReferFormer's "
                             f"protocol needs {ANNOTATORS} per object", dataset.root)
     items = [(vid, a) for vid in dataset.videos for a in range(ANNOTATORS)]
     if on_start is not None:

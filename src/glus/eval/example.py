@@ -11,7 +11,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def resolve_input(value: str | Path, part: str) -> Path:
     if str(value) == EXAMPLE and not path.exists():
         packaged = example_dir() / part
         if not packaged.is_dir():
-            raise GlusError("the packaged example is missing (reinstall glus)", packaged)
+            raise GLUSError("the packaged example is missing (reinstall glus)", packaged)
         logger.info("using the packaged example %s: %s", part, packaged)
         return packaged
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from glus.errors import GlusError, ParameterError
+from glus.errors import GLUSError, ParameterError
 from glus.eval.protocols import EvaluationResult, evaluate
 from glus.eval.report import write_reports
 
@@ -21,9 +21,9 @@ def check_output(output: str | Path) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GlusError(f"cannot create the output folder: {exc.strerror or exc}", parent) from None
+        raise GLUSError(f"cannot create the output folder: {exc.strerror or exc}", parent) from None
     if not parent.is_dir():
-        raise GlusError("the output folder is not a folder", parent)
+        raise GLUSError("the output folder is not a folder", parent)
     return output
 
 

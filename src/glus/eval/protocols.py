@@ -39,7 +39,7 @@ import numpy as np
 
 from glus.data.formats import load_dataset
 from glus.data.records import Dataset
-from glus.errors import GlusError, ParameterError
+from glus.errors import GLUSError, ParameterError
 from glus.eval.results import EvaluationResult
 from glus.eval.scoring import MISSING_EXPRESSION, MISSING_VIDEO, ExpressionScores, ScoreOptions, score_dataset
 
@@ -118,7 +118,7 @@ def _summarize_visa(scores: list[ExpressionScores], kept: list[ExpressionScores]
 def _summarize_revos(scores: list[ExpressionScores], kept: list[ExpressionScores], corrected: bool
                      ) -> dict[str, Any]:
     if any(s.expression.type_id is None for s in scores):
-        raise GlusError("the revos protocol needs a type_id (0, 1 or 2) on every expression")
+        raise GLUSError("the revos protocol needs a type_id (0, 1 or 2) on every expression")
     per_expression: dict[str, dict[str, Any]] = {}
     official_rows: dict[str, dict[str, float]] = {}
     for s in scores:
@@ -160,7 +160,7 @@ def summarize(dataset: str, protocol: str, scores: list[ExpressionScores], *, of
     elif protocol == "revos":
         out = _summarize_revos(scores, kept, corrected)
     else:
-        raise GlusError(f"protocol '{protocol}' does not aggregate per-expression scores")
+        raise GLUSError(f"protocol '{protocol}' does not aggregate per-expression scores")
     out["num_expressions"] = len(scores)
     out["num_scored"] = sum(s.missing is None for s in scores)
     out["missing"] = {s.key: s.missing for s in scores if s.missing is not None}
@@ -174,11 +174,11 @@ def summarize(dataset: str, protocol: str, scores: list[ExpressionScores], *, of
 
 def _resolve_protocol(dataset: str, protocol: str | None) -> str:
     if dataset not in PROTOCOLS:
-        raise GlusError(f"unknown dataset '{dataset}' (choose from {', '.join(PROTOCOLS)})")
+        raise GLUSError(f"unknown dataset '{dataset}' (choose from {', '.join(PROTOCOLS)})")
     if protocol is None or protocol == "default":
         return DEFAULT_PROTOCOL[dataset]
     if protocol not in PROTOCOLS[dataset]:
-        raise GlusError(f"{dataset} has no protocol '{protocol}' (choose from {', '.join(PROTOCOLS[dataset])})")
+        raise GLUSError(f"{dataset} has no protocol '{protocol}' (choose from {', '.join(PROTOCOLS[dataset])})")
     return protocol
 
 
@@ -218,7 +218,7 @@ def evaluate(dataset: str, split_dir: str | Path, pred_dir: str | Path, *, split
     data: Dataset = load_dataset(dataset, split_dir, split)
     options = ScoreOptions(revos=protocol == "revos", corrected=corrected)
     if options.revos and getattr(data, "foreground_path", None) is None:
-        raise GlusError("the revos protocol needs mask_dict_foreground.json beside the annotations", data.root)
+        raise GLUSError("the revos protocol needs mask_dict_foreground.json beside the annotations", data.root)
     if on_start is not None:
         on_start(data.num_expressions)
     scores = score_dataset(data, pred_dir, options=options, workers=workers, progress=progress)

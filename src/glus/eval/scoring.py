@@ -24,7 +24,7 @@ import numpy as np
 from pycocotools import mask as cocomask
 
 from glus.data.records import Dataset, Expression
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.eval.metrics import BoxMask, frame_jf, revos_accuracy, revos_robustness
 from glus.eval.predictions import PredictionError, read_mask_prediction
 
@@ -122,7 +122,7 @@ class GroundTruthCache:
     def frame_size(self, video_id: str) -> tuple[int, int]:
         hw = self.dataset.frame_size(video_id)
         if hw is None:
-            raise GlusError(f"cannot tell the frame size of video '{video_id}'", self.dataset.root)
+            raise GLUSError(f"cannot tell the frame size of video '{video_id}'", self.dataset.root)
         return hw
 
     def _stored_rle(self, video_id: str, anno_id: str, t: int) -> Any:
@@ -297,11 +297,11 @@ def score_dataset(dataset: Dataset, pred_root: str | Path, *, expressions: Itera
         one :class:`ExpressionScores` per expression, in dataset order.
     """
     if not dataset.has_ground_truth:
-        raise GlusError(f"the {dataset.name} {dataset.split} split has no ground truth to evaluate against",
+        raise GLUSError(f"the {dataset.name} {dataset.split} split has no ground truth to evaluate against",
                         dataset.root)
     pred_root = Path(pred_root)
     if not pred_root.is_dir():
-        raise GlusError("prediction folder not found", pred_root)
+        raise GLUSError("prediction folder not found", pred_root)
     todo = list(dataset.expressions() if expressions is None else expressions)
     chunks = _chunks(todo, workers)
     results: dict[str, ExpressionScores] = {}

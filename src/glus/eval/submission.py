@@ -29,7 +29,7 @@ import numpy as np
 
 from glus.data.formats import load_dataset
 from glus.data.records import Dataset
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.fileio import atomic_path
 from glus.eval.predictions import PredictionError, decode_mask_png
 
@@ -109,7 +109,7 @@ def check_submission(dataset: Dataset, pred_dir: str | Path, *, convert: bool = 
     """Check that ``pred_dir`` holds a valid mask for every expression and frame of ``dataset``."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
-        raise GlusError("prediction folder not found", pred_dir)
+        raise GLUSError("prediction folder not found", pred_dir)
     check = SubmissionCheck()
     prefix = ZIP_PREFIX.get(dataset.name, "")
     listed: set[Path] = set()
@@ -152,19 +152,19 @@ def check_submission(dataset: Dataset, pred_dir: str | Path, *, convert: bool = 
 def _as_gray_0_255(path: Path) -> bytes:
     image = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise GlusError("cannot read the mask PNG", path)
+        raise GLUSError("cannot read the mask PNG", path)
     if image.ndim == 3:
         image = image.max(axis=2)
     ok, encoded = cv2.imencode(".png", np.where(image != 0, 255, 0).astype(np.uint8))
     if not ok:
-        raise GlusError("cannot re-encode the mask PNG", path)
+        raise GLUSError("cannot re-encode the mask PNG", path)
     return encoded.tobytes()
 
 
 def write_submission_zip(check: SubmissionCheck, out_zip: str | Path) -> Path:
     """Write the checked files into ``out_zip`` (atomically). The check must have found no problem."""
     if not check.ok:
-        raise GlusError(f"{len(check.problems)} problems in the predictions; nothing written", out_zip)
+        raise GLUSError(f"{len(check.problems)} problems in the predictions; nothing written", out_zip)
     out_zip = Path(out_zip)
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_zip) as tmp:
@@ -195,7 +195,7 @@ def make_submission(dataset: str, split_dir: str | Path, pred_dir: str | Path, o
     split_data = load_dataset(dataset, split_dir, split)
     out_zip = Path(out_zip)
     if out_zip.suffix.lower() != ".zip":
-        raise GlusError("the output must be a .zip file", out_zip)
+        raise GLUSError("the output must be a .zip file", out_zip)
     if on_start is not None:
         on_start(split_data.num_expressions)
     check = check_submission(split_data, pred_dir, convert=convert, progress=progress)

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from glus.data.video import ImageSequenceSource, VideoSource
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 
 class FrameStore:
@@ -42,19 +42,19 @@ class FrameStore:
         else:
             arrays = list(source)
             if not arrays:
-                raise GlusError("the video has no frames")
+                raise GLUSError("the video has no frames")
             shapes = {tuple(a.shape) for a in arrays}
             if len(shapes) != 1:
-                raise GlusError(f"frames of different sizes: {sorted(shapes)}")
+                raise GLUSError(f"frames of different sizes: {sorted(shapes)}")
             (shape,) = shapes
             if len(shape) != 3 or shape[2] != 3 or arrays[0].dtype != np.uint8:
-                raise GlusError(f"frames must be (H, W, 3) uint8 RGB arrays, got {shape} {arrays[0].dtype}")
+                raise GLUSError(f"frames must be (H, W, 3) uint8 RGB arrays, got {shape} {arrays[0].dtype}")
             self._arrays = arrays
             self.frame_names = [f"{i:05d}" for i in range(len(arrays))]
             self.size = shape[:2]
             self.fps = None
         if not self.frame_names:
-            raise GlusError("the video has no frames")
+            raise GLUSError("the video has no frames")
 
     def _spill_frames(self, source: VideoSource, spill_dir: str | Path | None) -> None:
         fd, path = tempfile.mkstemp(prefix="glus-frames-", suffix=".rgb", dir=spill_dir)
@@ -64,11 +64,11 @@ class FrameStore:
         count = 0
         for frame in source.iter_frames():
             if frame.shape != (height, width, 3):
-                raise GlusError(f"frame {count} has size {frame.shape[:2]}, the first {self.size}", source.path)
+                raise GLUSError(f"frame {count} has size {frame.shape[:2]}, the first {self.size}", source.path)
             os.pwrite(fd, np.ascontiguousarray(frame).tobytes(), count * height * width * 3)
             count += 1
         if count != len(self.frame_names):
-            raise GlusError(f"decoded {count} frames, expected {len(self.frame_names)}", source.path)
+            raise GLUSError(f"decoded {count} frames, expected {len(self.frame_names)}", source.path)
 
     def __len__(self) -> int:
         return len(self.frame_names)

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from glus.errors import GlusError, ParameterError
+from glus.errors import GLUSError, ParameterError
 from glus.fileio import read_json
 
 #: Where an expression's passes start: ``None`` (one forward pass from frame 0), a frame index, or ``"auto"`` (the
@@ -79,11 +79,11 @@ def load_key_frame_json(path: str | Path) -> dict[str, str]:
     path = Path(path)
     data = read_json(path, "key-frame file", unreadable="not a readable JSON file ({detail})")
     if not isinstance(data, dict):
-        raise GlusError("expected a JSON object mapping '<video>_<exp_id>' to a frame name", path)
+        raise GLUSError("expected a JSON object mapping '<video>_<exp_id>' to a frame name", path)
     out: dict[str, str] = {}
     for key, value in data.items():
         if not isinstance(value, (str, int)):
-            raise GlusError(f"entry {key!r}: frame name must be a string or integer, got {value!r}", path)
+            raise GLUSError(f"entry {key!r}: frame name must be a string or integer, got {value!r}", path)
         out[str(key)] = str(value)
     return out
 
@@ -133,9 +133,9 @@ def resolve_key_frame(frame: str | int, frame_names: Sequence[str], where: str =
         number = int(stem)
         numbers = [int(Path(n).stem) for n in frame_names]
     except ValueError:
-        raise GlusError(f"key frame {text!r} is not one of the video's frames", where or None) from None
+        raise GLUSError(f"key frame {text!r} is not one of the video's frames", where or None) from None
     if number not in numbers:
-        raise GlusError(f"key frame {text!r} is not one of the video's frames", where or None)
+        raise GLUSError(f"key frame {text!r} is not one of the video's frames", where or None)
     # The official code locates the number among the sorted frame numbers; our frame order is the
     # dataset's (sorted) order, so the position in ``frame_names`` is the same index.
     return numbers.index(number)

@@ -331,22 +331,22 @@ class GLUSPipeline:
         The longest prompt holds the context frames and ``query_frames`` turns, each repeating the expression;
         it must fit the LLM's ``max_position_embeddings``.
         """
-        from glus.errors import GlusError
+        from glus.errors import GLUSError
         from glus.prompts import expanded_length
 
         if not expressions:
-            raise GlusError("no expression given")
+            raise GLUSError("no expression given")
         builder = PromptBuilder.from_config(self.model.config)
         limit = self.model.config.text.max_position_embeddings
         for i, text in enumerate(expressions):
             if not text or not text.strip():
-                raise GlusError(f"expression {i} is empty")
+                raise GLUSError(f"expression {i} is empty")
             past = [builder.inference_answer(True)] * (builder.query_frames - 1)
             ids = tokenizer_image_token(builder.inference_prompt(text, past), self.tokenizer, builder.image_token,
                                         builder.image_token_index)
             length = expanded_length(ids, self.model.tokens_per_frame, builder.image_token_index)
             if length > limit:
-                raise GlusError(f"expression {i} is too long: its prompt needs {length} positions, the model has "
+                raise GLUSError(f"expression {i} is too long: its prompt needs {length} positions, the model has "
                                 f"{limit} ({len(text)} characters; shorten it)")
 
     def __call__(self, video, expressions: str | Sequence[str], key_frame: KeyFrame | Sequence[KeyFrame] = None,
@@ -362,7 +362,7 @@ class GLUSPipeline:
             mode: ``"fast"`` (default) or ``"reference"`` (the released per-frame protocol; identical masks).
             sink: stream predictions there instead of returning them.
         """
-        from glus.errors import GlusError
+        from glus.errors import GLUSError
         from glus.inference.protocol import segment_reference
 
         texts = [expressions] if isinstance(expressions, str) else list(expressions)
@@ -373,12 +373,12 @@ class GLUSPipeline:
         try:
             for k in keys:
                 if isinstance(k, int) and k >= len(frames):
-                    raise GlusError(f"key frame {k} outside the video's frames 0..{len(frames) - 1}")
+                    raise GLUSError(f"key frame {k} outside the video's frames 0..{len(frames) - 1}")
             if mode == "fast":
                 return segment_video(self.model, self.tokenizer, frames, texts, keys, sink=sink,
                                      max_batch=self.max_batch, progress=self.progress)
             if mode != "reference":
-                raise GlusError(f"unknown mode {mode!r}; choose fast or reference")
+                raise GLUSError(f"unknown mode {mode!r}; choose fast or reference")
             results = [segment_reference(self.model, self.tokenizer, frames, text, k, sink=sink, expression_index=i)
                        for i, (text, k) in enumerate(zip(texts, keys))]
             return None if sink is not None else results

@@ -38,7 +38,7 @@ from typing import Any
 from glus.data.formats import load_dataset
 from glus.data.records import Video
 from glus.distributed import Shard, assign_shards, check_device, resolve_device, resolve_shard
-from glus.errors import GlusError, ParameterError
+from glus.errors import GLUSError, ParameterError
 from glus.fileio import atomic_write_json, read_json
 from glus.inference.keyframes import KeyFrame, load_key_frame_json, parse_key_frame, resolve_key_frame
 from glus.inference.writers import ensure_writable_dir, expression_dir, is_expression_done
@@ -210,7 +210,7 @@ def read_summary(out_dir: str | Path) -> dict[str, Any] | None:
     data = read_json(path, "run summary",
                      unreadable="not a readable run summary ({detail}); remove it or choose another output folder")
     if not isinstance(data, dict) or data.get("format") != SUMMARY_FORMAT:
-        raise GlusError("not a glus infer summary; remove it or choose another output folder", path)
+        raise GLUSError("not a glus infer summary; remove it or choose another output folder", path)
     return data
 
 
@@ -234,7 +234,7 @@ def update_summary(out_dir: Path, settings: Mapping[str, Any], shard: Shard, ent
     """Record ``entry`` for ``shard`` in ``<out>/infer_summary.json`` (locked, atomic) and return the summary.
 
     Raises:
-        GlusError: the folder's summary was written with other mask-deciding ``settings``.
+        GLUSError: the folder's summary was written with other mask-deciding ``settings``.
     """
     with _folder_lock(out_dir):
         # Under the lock no other shard is writing the summary: a temp file beside it is a killed writer's.
@@ -243,7 +243,7 @@ def update_summary(out_dir: Path, settings: Mapping[str, Any], shard: Shard, ent
         summary = read_summary(out_dir)
         if summary is not None and summary.get("settings") != dict(settings):
             diff = "; ".join(_differences(summary.get("settings") or {}, settings))
-            raise GlusError(f"this output folder holds predictions made with other settings ({diff}); choose "
+            raise GLUSError(f"this output folder holds predictions made with other settings ({diff}); choose "
                             "another output folder or remove this one", out_dir / SUMMARY_NAME)
         shards = dict(summary.get("shards", {})) if summary is not None else {}
         if any(int(s.get("num_shards", shard.count)) != shard.count for s in shards.values()):
@@ -335,11 +335,11 @@ def check_frames(videos: Sequence[Video]) -> None:
     """One-line error when a video's frame images are not all there (an annotation-only copy of a split)."""
     for video in videos:
         if len(video.frame_paths) != len(video.frame_names):
-            raise GlusError(f"video {video.video_id}: {len(video.frame_paths)} frame images for "
+            raise GLUSError(f"video {video.video_id}: {len(video.frame_paths)} frame images for "
                             f"{len(video.frame_names)} frames")
         for path in video.frame_paths:
             if not Path(path).is_file():
-                raise GlusError(f"frame image of video {video.video_id} not found", path)
+                raise GLUSError(f"frame image of video {video.video_id} not found", path)
 
 
 def run_dataset(settings: InferSettings, *, progress: bool = True,
@@ -355,7 +355,7 @@ def run_dataset(settings: InferSettings, *, progress: bool = True,
         The :class:`ShardReport` of this process (also written to ``<out>/infer_summary.json``).
 
     Raises:
-        GlusError: bad input (unwritable output, dataset folder, key-frame file, device, checkpoint, ...),
+        GLUSError: bad input (unwritable output, dataset folder, key-frame file, device, checkpoint, ...),
             always before any model is loaded except for problems of the checkpoint itself.
     """
     started = time.perf_counter()
@@ -408,7 +408,7 @@ def run_dataset(settings: InferSettings, *, progress: bool = True,
         infer_seconds = report.seconds - report.model_load_seconds
         if report.frames_written and infer_seconds > 0:
             report.expression_frames_per_second = round(report.frames_written / infer_seconds, 3)
-        with contextlib.suppress(GlusError, OSError):  # never hide the original error behind a summary problem
+        with contextlib.suppress(GLUSError, OSError):  # never hide the original error behind a summary problem
             update_summary(out, recorded, shard, report.to_dict(), run)
     logger.info("shard %s: wrote %d expression(s), %d PNGs in %.1fs -> %s", shard, report.expressions_written,
                 report.frames_written, report.seconds, out)
@@ -437,9 +437,9 @@ def _segment(out: Path, videos: Mapping[str, Video], pending: Mapping[str, list[
         for exp_id in exp_ids:
             try:
                 pipe.check_expressions([videos[video_id].expressions[exp_id].text])
-            except GlusError as exc:  # name the expression by its dataset key, not its index in the call
+            except GLUSError as exc:  # name the expression by its dataset key, not its index in the call
                 detail = str(exc).removeprefix("expression 0 ")
-                raise GlusError(f"expression {video_id}_{exp_id} {detail}") from None
+                raise GLUSError(f"expression {video_id}_{exp_id} {detail}") from None
 
     desc = "infer" if shard.count == 1 else f"infer {shard.index + 1}/{shard.count}"
     with logging_redirect_tqdm(), tqdm(total=report.expression_frames, initial=done_frames, unit="mask", desc=desc,

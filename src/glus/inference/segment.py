@@ -22,7 +22,7 @@ import numpy as np
 
 from glus.data.masks import encode_rle, read_mask_png
 from glus.data.video import open_video
-from glus.errors import GlusError, ParameterError
+from glus.errors import GLUSError, ParameterError
 from glus.inference.frames import FrameStore
 from glus.inference.keyframes import KeyFrame, parse_key_frame
 from glus.inference.writers import (PngMaskSink, ensure_writable_dir, segment_dir, write_expressions_json,
@@ -69,19 +69,19 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
         rle: also write ``masks_rle.json``; overlay: draw the overlay video.
 
     Raises:
-        GlusError: bad input, always before the model is loaded (except problems of the checkpoint itself).
+        GLUSError: bad input, always before the model is loaded (except problems of the checkpoint itself).
     """
     expressions = [e.strip() for e in expressions]
     for i, text in enumerate(expressions):
         if not text:
-            raise GlusError(f"expression {i} is empty")
+            raise GLUSError(f"expression {i} is empty")
     key_frame = parse_key_frame(key_frame)
     if stride < 1 or (max_frames is not None and max_frames < 1) or start < 0:
         raise ParameterError("{stride} and {max_frames} must be >= 1, {start} >= 0")
     out = ensure_writable_dir(out_dir)
     source = open_video(video, start=start, stride=stride, max_frames=max_frames)
     if source.num_frames == 0:
-        raise GlusError("the video has no frames", video)
+        raise GLUSError("the video has no frames", video)
     if isinstance(key_frame, int) and key_frame >= source.num_frames:
         raise ParameterError(f"{{key_frame}} {key_frame} is past the video's last frame ({source.num_frames - 1})",
                              video)

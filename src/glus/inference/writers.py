@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from glus.data.masks import encode_rle, write_mask_png
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.fileio import FILE_MODE, atomic_write_bytes, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
@@ -43,21 +43,21 @@ def ensure_writable_dir(path: str | Path) -> Path:
     Call this before any expensive work so that a bad output folder fails in a second, not after an hour.
 
     Raises:
-        GlusError: the path is a file, cannot be created, or is not writable.
+        GLUSError: the path is a file, cannot be created, or is not writable.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise GlusError("output path exists and is not a folder", path)
+        raise GLUSError("output path exists and is not a folder", path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GlusError(f"cannot create output folder ({exc.strerror or exc})", path) from None
+        raise GLUSError(f"cannot create output folder ({exc.strerror or exc})", path) from None
     try:
         fd, probe = tempfile.mkstemp(dir=path, prefix=".glus-write-test.")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise GlusError(f"output folder is not writable ({exc.strerror or exc})", path) from None
+        raise GLUSError(f"output folder is not writable ({exc.strerror or exc})", path) from None
     return path
 
 
@@ -77,7 +77,7 @@ def is_expression_done(exp_dir: str | Path, frame_names: Sequence[str]) -> bool:
     exp_dir = Path(exp_dir)
     try:
         recorded = read_json(exp_dir / DONE_MARKER, "done marker")
-    except GlusError:  # missing, or cut short by a crash: not done
+    except GLUSError:  # missing, or cut short by a crash: not done
         return False
     if not isinstance(recorded, dict) or recorded.get("frames") != list(frame_names):
         return False

@@ -1,6 +1,6 @@
 """What trains, and how: the recipe's trainable set and peft LoRA on the LLaMA decoder (spec section 5).
 
-:func:`apply_lora` wraps a :class:`~glus.model.mllm.GlusMLLM` (or a model holding one, e.g. a
+:func:`apply_lora` wraps a :class:`~glus.model.mllm.GLUSMLLM` (or a model holding one, e.g. a
 :class:`~glus.model.glus.GLUSModel`) with LoRA adapters on its decoder's ``q_proj`` / ``v_proj`` and leaves exactly
 the parameters of :data:`TRAINABLE_PATTERNS` trainable; :func:`merge_lora` folds them back into plain weights with
 the released key layout.
@@ -30,7 +30,7 @@ TRAINABLE_PATTERNS: tuple[str, ...] = (
 def set_trainable_parameters(model: nn.Module, patterns: Sequence[str] = TRAINABLE_PATTERNS) -> list[str]:
     """Freeze every parameter of ``model`` except those whose name contains one of ``patterns``.
 
-    Works on a :class:`GlusMLLM`, on one with SAM-2 attached, and on their peft wrappers. The CLIP tower is not
+    Works on a :class:`GLUSMLLM`, on one with SAM-2 attached, and on their peft wrappers. The CLIP tower is not
     a registered sub-module and stays frozen.
 
     Returns:
@@ -65,13 +65,13 @@ def apply_lora(
     target_modules: Sequence[str] = ("q_proj", "v_proj"),
     trainable_patterns: Sequence[str] = TRAINABLE_PATTERNS,
 ) -> nn.Module:
-    """Wrap ``mllm`` (a :class:`GlusMLLM` or a model holding one) with peft LoRA adapters on the LLaMA decoder's
+    """Wrap ``mllm`` (a :class:`GLUSMLLM` or a model holding one) with peft LoRA adapters on the LLaMA decoder's
     ``target_modules`` (GLUS: q_proj, v_proj; see :func:`lora_target_names`) and set the trainable parameters
     (spec section 5).
 
     Returns:
-        The peft model; attribute access (``encode_frames_for_llm`` ...) reaches the wrapped :class:`GlusMLLM`.
-        Use :func:`merge_lora` to get a plain :class:`GlusMLLM` with the released key layout back.
+        The peft model; attribute access (``encode_frames_for_llm`` ...) reaches the wrapped :class:`GLUSMLLM`.
+        Use :func:`merge_lora` to get a plain :class:`GLUSMLLM` with the released key layout back.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -85,6 +85,6 @@ def apply_lora(
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold LoRA adapters into the base weights and return the unwrapped model (a :class:`GlusMLLM`, or whatever
+    """Fold LoRA adapters into the base weights and return the unwrapped model (a :class:`GLUSMLLM`, or whatever
     :func:`apply_lora` wrapped), whose keys are again the released ones. A model without adapters is returned as is."""
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model

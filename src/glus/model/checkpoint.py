@@ -22,13 +22,13 @@ from typing import Literal
 import torch
 
 from glus.config import GLUSConfig, Sam2Config, TextConfig, VisionConfig, glus_7b
-from glus.errors import GlusError, ParameterError
+from glus.errors import GLUSError, ParameterError
 from glus.fileio import atomic_write_json, read_json, read_json_object
 from glus.model.checkpoint_io import (describe_key_mismatch, drop_non_weights, load_state_dict, resolve_checkpoint,
                                       save_safetensors_atomic)
 from glus.model.glus import GLUSModel
 from glus.model.quantize import check_quantization, quantize_llm
-from glus.model.sam2_head import Sam2Head
+from glus.model.sam2_model import Sam2Model
 from glus.model.vision_tower import ClipVisionTower, load_vision_tower
 
 logger = logging.getLogger(__name__)
@@ -49,13 +49,13 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise GlusError(f"unknown precision {dtype!r}; choose fp32, bf16 or fp16") from None
+        raise GLUSError(f"unknown precision {dtype!r}; choose fp32, bf16 or fp16") from None
 
 
 def check_compat(compat: str | None) -> Compat | None:
     """``compat`` checked: ``None`` (the default of the folder's format), ``"official"`` or ``"stored"``."""
     if compat not in (None, "official", "stored"):
-        raise GlusError(f"unknown compat {compat!r}; choose official or stored")
+        raise GLUSError(f"unknown compat {compat!r}; choose official or stored")
     return compat
 
 
@@ -65,14 +65,14 @@ def is_glus_format(folder: Path) -> bool:
         return False
     try:
         raw = read_json(config, "config.json")
-    except GlusError:  # unreadable: not ours; the released-layout reader reports what is wrong with it
+    except GLUSError:  # unreadable: not ours; the released-layout reader reports what is wrong with it
         return False
     return isinstance(raw, dict) and raw.get("format") == FORMAT_NAME
 
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise GlusError("config.json not found: not a GLUS checkpoint folder", path.parent)
+        raise GLUSError("config.json not found: not a GLUS checkpoint folder", path.parent)
     return read_json_object(path, "config.json")
 
 
@@ -87,7 +87,7 @@ def sam2_config_from_arg(sam2_config: str | Path | Sam2Config | None) -> Sam2Con
         return glus_7b().sam2
     path = Path(sam2_config)
     if not path.is_file():
-        raise GlusError("SAM-2 config not found (give a Meta SAM-2 yaml file, or sam2_hiera_l.yaml)", path)
+        raise GLUSError("SAM-2 config not found (give a Meta SAM-2 yaml file, or sam2_hiera_l.yaml)", path)
     return sam2_config_from_yaml(path)
 
 
@@ -112,7 +112,7 @@ def released_config(folder: Path, tower: ClipVisionTower, sam2_config: str | Pat
             eos_token_id=int(raw.get("eos_token_id", 2)), pad_token_id=int(raw.get("pad_token_id") or 0),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)))
     except (KeyError, TypeError, ValueError) as exc:
-        raise GlusError(f"not a LLaVA/GLUS config ({exc!r} missing or malformed)", folder / "config.json") from None
+        raise GLUSError(f"not a LLaVA/GLUS config ({exc!r} missing or malformed)", folder / "config.json") from None
     _check_released_options(raw, folder / "config.json")
     clip = tower.clip.config
     mm_hidden = int(raw.get("mm_hidden_size", clip.hidden_size))
@@ -135,7 +135,7 @@ def released_config(folder: Path, tower: ClipVisionTower, sam2_config: str | Pat
     config = GLUSConfig(text=text, vision=vision, sam2=sam2, prompt_dim=prompt_dim,
                         mm_use_im_start_end=bool(raw.get("mm_use_im_start_end", True)))
     if vision.num_patches % config.pool_kernel:
-        raise GlusError(f"the vision tower gives {vision.num_patches} patches, not divisible by the "
+        raise GLUSError(f"the vision tower gives {vision.num_patches} patches, not divisible by the "
                         f"{config.pool_kernel}-token pooling", folder / "config.json")
     return config
 
@@ -150,18 +150,18 @@ def _check_released_options(raw: dict, where: Path) -> None:
     if raw.get("mm_use_im_patch_token", False):
         unsupported.append("mm_use_im_patch_token=true")
     if unsupported:
-        raise GlusError("unsupported model option(s): " + ", ".join(unsupported), where)
+        raise GLUSError("unsupported model option(s): " + ", ".join(unsupported), where)
 
 
 def _build_empty(config: GLUSConfig, dtype: torch.dtype, attn_implementation: str,
                  clip_processor_path: str | None) -> GLUSModel:
-    """The model with the LLM on the meta device (filled by ``assign``) and a real, small SAM-2 head."""
+    """The model with the LLM on the meta device (filled by ``assign``) and a real, small SAM-2 model."""
     with torch.device("meta"):
         model = GLUSModel(config, attn_implementation=attn_implementation, clip_processor_path=clip_processor_path)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        model.attach_visual_model(Sam2Head(config.sam2))
+        model.attach_visual_model(Sam2Model(config.sam2))
     finally:
         torch.set_default_dtype(previous)
     return model
@@ -191,12 +191,12 @@ def load_weights(model: GLUSModel, state: dict[str, torch.Tensor], compat: Compa
     try:
         report = model.sam2.load_meta_state_dict(visual, compat=compat, strict=False, prefix=VISUAL_PREFIX)
     except ValueError as exc:
-        raise GlusError(str(exc), where) from None
+        raise GLUSError(str(exc), where) from None
     missing = sorted(set(expected) - set(rest)) + [VISUAL_PREFIX + k for k in report.missing_keys]
     unexpected = sorted(set(rest) - set(expected)) + [VISUAL_PREFIX + k for k in report.unexpected_keys]
     problem = describe_key_mismatch(missing, unexpected, where, shapes)
     if problem:
-        raise GlusError(problem)
+        raise GLUSError(problem)
     model.load_state_dict({k: _aligned(v) for k, v in rest.items()}, strict=False, assign=True)
     if report.fuser_gamma_replaced:
         logger.info("compat=%s: %d fuser gamma tensor(s) at their init value, as the authors' loader leaves them",
@@ -231,7 +231,7 @@ def from_pretrained(path_or_id: str | Path, *, vision_tower: str | Path | None =
         try:
             config = GLUSConfig.from_dict(raw["config"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise GlusError(f"malformed glus config ({exc})", folder / "config.json") from None
+            raise GLUSError(f"malformed glus config ({exc})", folder / "config.json") from None
         tower_dir = folder / "vision_tower"
         tower = load_vision_tower(tower_dir, select_layer=config.vision.select_layer)
         model = _build_empty(config, dtype, attn_implementation, str(tower_dir))
@@ -267,7 +267,7 @@ def _set_seg_token_id(model: GLUSModel, folder: Path) -> None:
         seg = GLUSTokenizer.from_pretrained(folder).seg_token_id
         vocab = model.config.text.vocab_size
         if not 0 <= seg < vocab:
-            raise GlusError(f"the tokenizer's [SEG] id {seg} is outside the model's {vocab}-token vocabulary",
+            raise GLUSError(f"the tokenizer's [SEG] id {seg} is outside the model's {vocab}-token vocabulary",
                             folder / "added_tokens.json")
         model.seg_token_id = seg
 

@@ -21,7 +21,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.fileio import atomic_path, read_json_object
 
 logger = logging.getLogger(__name__)
@@ -51,18 +51,18 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, allow_patterns: Iterable[s
     path = Path(path_or_id).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise GlusError("expected a checkpoint folder, got a file", path)
+            raise GLUSError("expected a checkpoint folder, got a file", path)
         return path
     text = str(path_or_id)
     if text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise GlusError("checkpoint folder not found", text)
+        raise GLUSError("checkpoint folder not found", text)
     try:
         from huggingface_hub import snapshot_download
 
         local = snapshot_download(repo_id=text, allow_patterns=list(allow_patterns) if allow_patterns else None)
     except Exception as exc:  # network errors, missing repo, offline mode: all are the user's to fix
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GlusError(
+        raise GLUSError(
             f"not a local folder, and downloading it from the Hugging Face hub failed ({reason}); "
             "download it where a network exists and pass the folder", text) from None
     return Path(local)
@@ -75,16 +75,16 @@ def weight_files(folder: Path) -> list[Path]:
         if index.exists():
             weight_map = read_json_object(index, "shard index").get("weight_map")
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-                raise GlusError("malformed shard index (no weight_map of file names)", index)
+                raise GLUSError("malformed shard index (no weight_map of file names)", index)
             files = sorted(set(weight_map.values()))
             missing = [f for f in files if not (folder / f).exists()]
             if missing:
-                raise GlusError(f"shard {missing[0]} listed in the index is missing", index)
+                raise GLUSError(f"shard {missing[0]} listed in the index is missing", index)
             return [folder / f for f in files]
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).exists():
             return [folder / name]
-    raise GlusError("no weights found (model.safetensors, pytorch_model.bin or a shard index)", folder)
+    raise GLUSError("no weights found (model.safetensors, pytorch_model.bin or a shard index)", folder)
 
 
 def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -99,10 +99,10 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
             else:
                 part = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:
-            raise GlusError(f"cannot read weights ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+            raise GLUSError(f"cannot read weights ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
                             file) from None
         if not isinstance(part, Mapping):
-            raise GlusError("weights file does not hold a state dict", file)
+            raise GLUSError("weights file does not hold a state dict", file)
         if "model" in part and isinstance(part["model"], Mapping) and len(part) <= 3:
             part = part["model"]  # Meta's SAM-2 format {"model": state_dict}
         state.update(part)

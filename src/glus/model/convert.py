@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from glus.errors import GlusError, ParameterError
+from glus.errors import GLUSError, ParameterError
 from glus.fileio import FILE_MODE
 from glus.model.checkpoint import Compat, from_pretrained, is_glus_format, parse_dtype, save_pretrained
 from glus.model.checkpoint_io import resolve_checkpoint
@@ -67,16 +67,16 @@ class ConvertReport:
 
 def _check_destination(dst: Path, src: Path, overwrite: bool) -> None:
     if dst.resolve() == src.resolve():
-        raise GlusError("the destination is the source folder; choose a new folder", dst)
+        raise GLUSError("the destination is the source folder; choose a new folder", dst)
     if dst.exists():
         if not dst.is_dir():
-            raise GlusError("the destination exists and is not a folder", dst)
+            raise GLUSError("the destination exists and is not a folder", dst)
         if any(dst.iterdir()) and not overwrite:
             raise ParameterError("the destination folder is not empty (pass {overwrite} to replace it)", dst)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GlusError(f"cannot create the destination's parent folder: {exc.strerror or exc}", dst.parent) from None
+        raise GLUSError(f"cannot create the destination's parent folder: {exc.strerror or exc}", dst.parent) from None
 
 
 def _move_into_place(tmp: Path, dst: Path) -> None:
@@ -108,7 +108,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, vision_tower: str | 
         overwrite: replace a non-empty ``dst`` (only once the new folder is complete).
 
     Raises:
-        GlusError: missing source, tokenizer, vision tower or yaml; keys or shapes that do not match; a
+        GLUSError: missing source, tokenizer, vision tower or yaml; keys or shapes that do not match; a
             destination that exists and is not empty.
     """
     torch_dtype = parse_dtype(dtype)
@@ -121,7 +121,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, vision_tower: str | 
         raise ParameterError("already in glus format: its fuser gamma values are fixed, {compat} official does not "
                              "apply (convert the released checkpoint instead)", folder)
     if not (folder / "tokenizer.model").is_file():
-        raise GlusError("no tokenizer (tokenizer.model) in the checkpoint folder; a converted folder must hold one",
+        raise GLUSError("no tokenizer (tokenizer.model) in the checkpoint folder; a converted folder must hold one",
                         folder)
     from glus.tokenizer import GLUSTokenizer
 
@@ -139,7 +139,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, vision_tower: str | 
         _usual_permissions(tmp)
         _move_into_place(tmp, dst)
     except OSError as exc:
-        raise GlusError(f"cannot write the converted checkpoint: {exc.strerror or exc}", dst) from None
+        raise GLUSError(f"cannot write the converted checkpoint: {exc.strerror or exc}", dst) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,7 +1,7 @@
 """The GLUS model: the multimodal LLM with SAM-2 attached as ``model.visual_model``.
 
-:class:`GLUSModel` adds to :class:`~glus.model.mllm.GlusMLLM` the SAM-2 head (:class:`~glus.model.sam2_head.Sam2Head`)
-and the building blocks inference composes (each usable on its own, so features can be cached per frame):
+:class:`GLUSModel` adds to :class:`~glus.model.mllm.GLUSMLLM` the whole SAM-2 (:class:`~glus.model.sam2_model.Sam2Model`:
+image encoder, memory attention and encoder, prompt encoder, mask decoder) and the building blocks inference composes (each usable on its own, so features can be cached per frame):
 
 * :meth:`GLUSModel.clip_embed_frames`: RGB frames -> LLM image embeddings ``[N, 64, H]``;
 * :meth:`GLUSModel.sam_encode_frame`: one RGB frame -> SAM-2 features (shared by every expression);
@@ -30,8 +30,8 @@ from glus.data.training import TrainingSample
 from glus.model.losses import (ContrastiveResult, GLUSLossWeights, ObjectContrastiveLoss, SegEntryMeta,
                                combine_losses, mask_losses, object_set_key)
 from glus.model.memory_bank import MemoryBank
-from glus.model.mllm import GlusMLLM
-from glus.model.sam2_head import Sam2DecodeOutput, Sam2Head, Sam2ImageFeatures
+from glus.model.mllm import GLUSMLLM
+from glus.model.sam2_model import Sam2DecodeOutput, Sam2Model, Sam2ImageFeatures
 from glus.model.vision_tower import ClipVisionTower, clip_image_processor, clip_pixel_values
 from glus.prompts import IGNORE_INDEX, seg_prediction_positions
 
@@ -76,7 +76,7 @@ class TrainForward:
     contrastive: ContrastiveResult | None = None
 
 
-class GLUSModel(GlusMLLM):
+class GLUSModel(GLUSMLLM):
     """CLIP + pooling + projector + LLaMA + seg head + SAM-2 (see the module docstring).
 
     Args:
@@ -89,13 +89,13 @@ class GLUSModel(GlusMLLM):
     def __init__(self, config: GLUSConfig, vision_tower: ClipVisionTower | None = None,
                  attn_implementation: str = "sdpa", clip_processor_path: str | None = None) -> None:
         super().__init__(config, vision_tower=vision_tower, attn_implementation=attn_implementation)
-        self.attach_visual_model(Sam2Head(config.sam2))
+        self.attach_visual_model(Sam2Model(config.sam2))
         self.clip_processor = clip_image_processor(clip_processor_path)
         # The tokenizer's [SEG] id (set by the loader); training needs it to find the [SEG] positions.
         self.seg_token_id: int | None = None
 
     @property
-    def sam2(self) -> Sam2Head:
+    def sam2(self) -> Sam2Model:
         return self.model.visual_model
 
     @property
@@ -123,7 +123,7 @@ class GLUSModel(GlusMLLM):
         """Masks of B ``[SEG]`` embeddings ``[B, prompt_dim]`` on one frame, each with its own bank and step.
 
         Entries at the same step run together (and those selecting the same memories share one memory-attention
-        call inside :meth:`Sam2Head.decode`). New memories are written into the banks under each entry's step.
+        call inside :meth:`Sam2Model.decode`). New memories are written into the banks under each entry's step.
         """
         out: list[MaskPrediction | None] = [None] * len(banks)
         for step in sorted(set(steps)):

@@ -4,16 +4,16 @@ Data flow (full size in brackets):
 
 * a frame ``[3, 224, 224]`` -> frozen CLIP, hidden layer ``select_layer`` without CLS: ``[256, 1024]``
   -> ``AvgPool1d(pool_kernel)`` over the tokens in raster order: ``[64, 1024]`` -> ``mm_projector``
-  ``Linear(1024, 4096)``: ``[64, 4096]`` (:meth:`GlusMLLM.encode_frames_for_llm`);
+  ``Linear(1024, 4096)``: ``[64, 4096]`` (:meth:`GLUSMLLM.encode_frames_for_llm`);
 * every ``<image>`` placeholder (id ``image_token_index`` = -200) of the prompt ids is replaced by its frame's
-  64 embeddings, text ids by ``embed_tokens`` rows (:meth:`GlusMLLM.build_inputs_embeds`);
-* LLaMA runs on the embeddings (:meth:`GlusMLLM.forward_llm`, optionally from a KV cache of a shared prefix);
-* the ``[SEG]`` embedding of a query frame is ``text_hidden_fcs(h)`` (:meth:`GlusMLLM.seg_embedding`), ``h`` the
+  64 embeddings, text ids by ``embed_tokens`` rows (:meth:`GLUSMLLM.build_inputs_embeds`);
+* LLaMA runs on the embeddings (:meth:`GLUSMLLM.forward_llm`, optionally from a KV cache of a shared prefix);
+* the ``[SEG]`` embedding of a query frame is ``text_hidden_fcs(h)`` (:meth:`GLUSMLLM.seg_embedding`), ``h`` the
   last-layer, post-RMSNorm hidden state at the position whose next-token prediction is that ``[SEG]``.
 
 State-dict keys equal the released checkpoints': ``model.embed_tokens.*``, ``model.layers.*``, ``model.norm.*``,
 ``lm_head.*``, ``model.mm_projector.*``, ``model.text_hidden_fcs.0.{0,2}.*``; SAM-2 is attached later as
-``model.visual_model`` (:meth:`GlusMLLM.attach_visual_model`). The CLIP tower is held outside the module tree
+``model.visual_model`` (:meth:`GLUSMLLM.attach_visual_model`). The CLIP tower is held outside the module tree
 (it is not in the checkpoints) but follows ``.to()`` / ``.half()`` etc. of this module.
 """
 
@@ -91,7 +91,7 @@ class EmbeddedInputs:
 
 @dataclass
 class LLMOutput:
-    """Result of :meth:`GlusMLLM.forward_llm`.
+    """Result of :meth:`GLUSMLLM.forward_llm`.
 
     Attributes:
         logits: ``[B, L', V]`` or ``None`` when not requested.
@@ -110,7 +110,7 @@ class PrefixCache:
     """The KV cache of a prompt prefix computed once (batch 1), reusable by any number of continuations.
 
     Attributes:
-        cache: the LLaMA KV cache of the prefix (never mutated by :meth:`GlusMLLM.forward_continuation`).
+        cache: the LLaMA KV cache of the prefix (never mutated by :meth:`GLUSMLLM.forward_continuation`).
         length: number of prefix positions (expanded).
         hidden_states: ``[1, length, H]`` final hidden states of the prefix.
     """
@@ -130,7 +130,7 @@ class PrefixCache:
 
 @dataclass
 class NextToken:
-    """Greedy next token at the last real position of every row (:meth:`GlusMLLM.generate_one_token`).
+    """Greedy next token at the last real position of every row (:meth:`GLUSMLLM.generate_one_token`).
 
     Attributes:
         token_ids: ``[B]`` long, argmax of the logits.
@@ -145,7 +145,7 @@ class NextToken:
     seg_embedding: torch.Tensor
 
 
-class GlusMLLM(nn.Module):
+class GLUSMLLM(nn.Module):
     """CLIP (outside the state dict) + token pooling + ``mm_projector`` + LLaMA + ``text_hidden_fcs``.
 
     Args:
@@ -257,7 +257,7 @@ class GlusMLLM(nn.Module):
         """
         tower = self.vision_tower
         if tower is None:
-            raise ValueError("no CLIP vision tower attached (GlusMLLM.set_vision_tower)")
+            raise ValueError("no CLIP vision tower attached (GLUSMLLM.set_vision_tower)")
         return self.project_clip_features(tower(pixels_clip))
 
     def build_inputs_embeds(
@@ -512,14 +512,14 @@ def build_mllm(
     device: torch.device | str | None = None,
     vision_tower: ClipVisionTower | None = None,
     attn_implementation: str = "sdpa",
-) -> GlusMLLM:
-    """Build a :class:`GlusMLLM` directly in ``dtype`` on ``device`` (``"meta"`` allocates nothing, for loaders
-    that then call ``load_state_dict(assign=True)`` and :meth:`GlusMLLM.materialize_rotary`)."""
+) -> GLUSMLLM:
+    """Build a :class:`GLUSMLLM` directly in ``dtype`` on ``device`` (``"meta"`` allocates nothing, for loaders
+    that then call ``load_state_dict(assign=True)`` and :meth:`GLUSMLLM.materialize_rotary`)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device if device is not None else "cpu"):
-            mllm = GlusMLLM(config, attn_implementation=attn_implementation)
+            mllm = GLUSMLLM(config, attn_implementation=attn_implementation)
     finally:
         torch.set_default_dtype(previous)
     if vision_tower is not None:

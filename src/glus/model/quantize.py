@@ -9,8 +9,8 @@ import logging
 import torch
 from torch import nn
 
-from glus.errors import GlusError
-from glus.model.mllm import GlusMLLM
+from glus.errors import GLUSError
+from glus.model.mllm import GLUSMLLM
 
 logger = logging.getLogger(__name__)
 
@@ -20,21 +20,21 @@ __all__ = ["check_quantization", "quantize_llm", "replace_decoder_linears_with_b
 def check_quantization(bits: int, device: torch.device | str) -> torch.device:
     """Fail early, in one line, where 4-/8-bit loading cannot work (before any weights are read)."""
     if bits not in (4, 8):
-        raise GlusError(f"quantisation must be 4 or 8 bits, not {bits}")
+        raise GLUSError(f"quantisation must be 4 or 8 bits, not {bits}")
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
-        raise GlusError(f"{bits}-bit loading needs a CUDA GPU (bitsandbytes); device {device} cannot be used")
+        raise GLUSError(f"{bits}-bit loading needs a CUDA GPU (bitsandbytes); device {device} cannot be used")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise GlusError(f"{bits}-bit loading needs bitsandbytes: pip install 'glus[quant]'")
+        raise GLUSError(f"{bits}-bit loading needs bitsandbytes: pip install 'glus[quant]'")
     return device
 
 
 def quantize_llm(
-    mllm: GlusMLLM,
+    mllm: GLUSMLLM,
     bits: int,
     device: torch.device | str = "cuda",
     compute_dtype: torch.dtype = torch.float16,
-) -> GlusMLLM:
+) -> GLUSMLLM:
     """Load the LLaMA decoder layers in 4-bit (NF4, double quantisation) or 8-bit (LLM.int8) with bitsandbytes.
 
     As the released inference (``--load_in_4bit`` / ``--load_in_8bit``) does, only the decoder's linear layers
@@ -42,7 +42,7 @@ def quantize_llm(
     ``compute_dtype``. The model is moved to ``device``.
 
     Raises:
-        GlusError: ``bits`` is not 4 or 8, ``device`` is not an available CUDA device, or bitsandbytes is missing.
+        GLUSError: ``bits`` is not 4 or 8, ``device`` is not an available CUDA device, or bitsandbytes is missing.
     """
     device = check_quantization(bits, device)
     mllm.to(dtype=compute_dtype)
@@ -53,7 +53,7 @@ def quantize_llm(
     return mllm
 
 
-def replace_decoder_linears_with_bnb(mllm: GlusMLLM, bits: int, compute_dtype: torch.dtype) -> list[str]:
+def replace_decoder_linears_with_bnb(mllm: GLUSMLLM, bits: int, compute_dtype: torch.dtype) -> list[str]:
     """Swap every ``nn.Linear`` of the LLaMA decoder layers for a bitsandbytes 4-bit (NF4, double quantisation)
     or 8-bit (LLM.int8, threshold 6) layer holding the same weights, not yet quantised: moving the model to a
     device afterwards quantises them (what :func:`quantize_llm` does). Returns the replaced names."""

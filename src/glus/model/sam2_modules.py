@@ -8,13 +8,13 @@ between those modules and the computation GLUS needs:
   memory width); Meta's ``kv_in_dim`` follows the memory encoder's ``out_dim`` (16 in the tiny checkpoint).
 * :class:`MaskDecoder` — transformers' decoder applies the dynamic multimask choice internally and returns only
   the pick; glus needs the stability score and the branch taken, so the choice is deferred to the caller
-  (:func:`glus.model.sam2_head.select_mask_token`), which applies transformers' own rule.
+  (:func:`glus.model.sam2_model.select_mask_token`), which applies transformers' own rule.
 
 The memory-encoding helper of ``Sam2VideoModel`` (which casts memories to bfloat16) is not used: glus calls the
 memory encoder module directly and keeps the model's dtype (fp32 on CPU).
 
 The modules of Meta's SAM2Base that GLUS never runs but that released checkpoints contain (object-pointer
-projection, temporal memory encoding, ...) are plain parameters of :class:`glus.model.sam2_head.Sam2Head`;
+projection, temporal memory encoding, ...) are plain parameters of :class:`glus.model.sam2_model.Sam2Model`;
 their MLP is :class:`MetaMLP` here.
 """
 
@@ -150,7 +150,7 @@ class MemoryAttention(Sam2VideoMemoryAttention):
         kv_in_dim: width of the memory tokens (Meta's ``cross_attention.kv_in_dim`` = memory encoder ``out_dim``).
 
     ``forward(current_vision_features [HW,B,C], memory [M,B,kv], current_vision_position_embeddings [HW,B,C],
-    memory_posision_embeddings [M,B,kv])`` -> ``[1, B, HW, C]`` (see :meth:`Sam2Head.condition_on_memory`).
+    memory_posision_embeddings [M,B,kv])`` -> ``[1, B, HW, C]`` (see :meth:`Sam2Model.condition_on_memory`).
     """
 
     def __init__(self, config: Sam2VideoConfig, kv_in_dim: int) -> None:

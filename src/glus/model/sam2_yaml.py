@@ -2,8 +2,8 @@
 
 The yaml is parsed with PyYAML, not hydra: the file is a plain ``model:`` tree of ``_target_`` nodes. Absent keys
 take the defaults of Meta's constructors (``Hiera``, ``FpnNeck``, ``MemoryEncoder``, ``MaskDownSampler``, ...).
-Settings that glus's SAM-2 head does not implement (another FPN interpolation, ``scalp != 1``, SAM 2.1's extra
-object-pointer modules, ...) are rejected with a one-line :class:`GlusError` instead of being silently ignored.
+Settings that glus's SAM-2 model does not implement (another FPN interpolation, ``scalp != 1``, SAM 2.1's extra
+object-pointer modules, ...) are rejected with a one-line :class:`GLUSError` instead of being silently ignored.
 
 The dynamic multimask settings are not read from the yaml: GLUS builds SAM-2 with ``build_sam2(...,
 apply_postprocessing=True)``, which forces them to (on, delta 0.05, threshold 0.98); Sam2Config's defaults.
@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from glus.config import Sam2Config
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,12 @@ class _Reader:
 
     def __init__(self, node: Any, path: str, source: str) -> None:
         if not isinstance(node, Mapping):
-            raise GlusError(f"SAM-2 yaml: '{path}' must be a mapping", source)
+            raise GLUSError(f"SAM-2 yaml: '{path}' must be a mapping", source)
         self.node, self.path, self.source = node, path, source
 
     def sub(self, key: str) -> _Reader:
         if key not in self.node:
-            raise GlusError(f"SAM-2 yaml: missing '{self.path}.{key}'", self.source)
+            raise GLUSError(f"SAM-2 yaml: missing '{self.path}.{key}'", self.source)
         return _Reader(self.node[key], f"{self.path}.{key}", self.source)
 
     def get(self, key: str, default: Any, kind: type) -> Any:
@@ -65,7 +65,7 @@ class _Reader:
             # OmegaConf, which accepts it, so convert explicitly.
             return kind(value)
         except (TypeError, ValueError):
-            raise GlusError(f"SAM-2 yaml: '{self.path}.{key}' = {value!r} is not a valid {kind.__name__}",
+            raise GLUSError(f"SAM-2 yaml: '{self.path}.{key}' = {value!r} is not a valid {kind.__name__}",
                             self.source) from None
 
     def require(self, key: str, default: Any, expected: Any, kind: type = object) -> None:
@@ -73,13 +73,13 @@ class _Reader:
         if kind is not object:
             value = self.get(key, default, kind)
         if value != expected:
-            raise GlusError(f"SAM-2 yaml: '{self.path}.{key}' = {value!r} is not supported by glus "
+            raise GLUSError(f"SAM-2 yaml: '{self.path}.{key}' = {value!r} is not supported by glus "
                             f"(expected {expected!r})", self.source)
 
     def target(self, suffix: str) -> None:
         target = str(self.node.get("_target_", ""))
         if not target.endswith(suffix):
-            raise GlusError(f"SAM-2 yaml: '{self.path}._target_' = {target!r}, expected …{suffix}", self.source)
+            raise GLUSError(f"SAM-2 yaml: '{self.path}._target_' = {target!r}, expected …{suffix}", self.source)
 
 
 def sam2_config_from_yaml(path: str | Path) -> Sam2Config:
@@ -88,11 +88,11 @@ def sam2_config_from_yaml(path: str | Path) -> Sam2Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise GlusError(f"cannot read SAM-2 yaml: {exc.strerror or exc}", path) from None
+        raise GLUSError(f"cannot read SAM-2 yaml: {exc.strerror or exc}", path) from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise GlusError(f"invalid YAML: {str(exc).splitlines()[0]}", path) from None
+        raise GLUSError(f"invalid YAML: {str(exc).splitlines()[0]}", path) from None
     return sam2_config_from_mapping(doc, source=str(path))
 
 
@@ -121,7 +121,7 @@ def sam2_config_from_mapping(doc: Any, source: str = "<sam2 yaml>") -> Sam2Confi
     channel_list = neck.get("backbone_channel_list", (), tuple)
     expected_channels = tuple(embed_dim * 2 ** i for i in reversed(range(len(stages))))
     if channel_list != expected_channels:
-        raise GlusError(f"SAM-2 yaml: neck.backbone_channel_list {channel_list} does not match the trunk "
+        raise GLUSError(f"SAM-2 yaml: neck.backbone_channel_list {channel_list} does not match the trunk "
                         f"{expected_channels}", source)
     neck.require("fpn_interp_model", "bilinear", "nearest")
     neck.require("fuse_type", "sum", "sum")
@@ -173,7 +173,7 @@ def sam2_config_from_mapping(doc: Any, source: str = "<sam2 yaml>") -> Sam2Confi
     cx.require("use_dwconv", True, True, bool)
     cx.require("drop_path", 0.0, 0.0, float)
     if cross_attn.get("kv_in_dim", None, int) != mem_dim:
-        raise GlusError("SAM-2 yaml: memory_attention cross_attention.kv_in_dim must equal memory_encoder.out_dim",
+        raise GLUSError("SAM-2 yaml: memory_attention cross_attention.kv_in_dim must equal memory_encoder.out_dim",
                         source)
 
     # SAM2Base flags.

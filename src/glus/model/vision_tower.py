@@ -19,7 +19,7 @@ from torch import nn
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
 from glus.config import VisionConfig
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 
 def clip_image_processor(name_or_path: str | Path | None = None) -> CLIPImageProcessorPil:
@@ -42,7 +42,7 @@ def clip_image_processor(name_or_path: str | Path | None = None) -> CLIPImagePro
     try:
         return CLIPImageProcessorPil.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as exc:
-        raise GlusError(f"cannot read the CLIP pre-processor config: {exc}".splitlines()[0], name_or_path) from None
+        raise GLUSError(f"cannot read the CLIP pre-processor config: {exc}".splitlines()[0], name_or_path) from None
 
 
 def clip_pixel_values(
@@ -157,16 +157,16 @@ def load_vision_tower(
         dtype / device: where the tower lives (default: float32 on CPU).
 
     Raises:
-        GlusError: the folder / id cannot be loaded as a ``CLIPVisionModel``.
+        GLUSError: the folder / id cannot be loaded as a ``CLIPVisionModel``.
     """
     text = str(name_or_path)
     if (Path(text).is_absolute() or text.startswith(".")) and not Path(text).is_dir():
-        raise GlusError("CLIP vision tower folder not found", name_or_path)
+        raise GLUSError("CLIP vision tower folder not found", name_or_path)
     try:
         clip = CLIPVisionModel.from_pretrained(text, dtype=dtype or torch.float32)
     except (OSError, ValueError, EnvironmentError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GlusError(f"cannot load the CLIP vision tower: {msg}", name_or_path) from None
+        raise GLUSError(f"cannot load the CLIP vision tower: {msg}", name_or_path) from None
     tower = ClipVisionTower(clip, select_layer=select_layer)
     if device is not None:
         tower.to(device)

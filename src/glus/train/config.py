@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 __all__ = ["DATA_PRESETS", "DataSource", "TrainConfig", "load_train_config", "parse_data_source"]
 
@@ -47,10 +47,10 @@ def parse_data_source(text: str) -> DataSource:
 
     name, sep, rest = text.partition("=")
     if not sep or not rest:
-        raise GlusError(f"data source {text!r}: write NAME=PATH[:RATE], e.g. mevis=data/mevis/train:1")
+        raise GLUSError(f"data source {text!r}: write NAME=PATH[:RATE], e.g. mevis=data/mevis/train:1")
     name = name.strip().lower()
     if name not in DATASET_NAMES:
-        raise GlusError(f"data source {text!r}: unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+        raise GLUSError(f"data source {text!r}: unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     path, rate = rest, 1.0
     head, colon, tail = rest.rpartition(":")
     if colon and head:
@@ -59,7 +59,7 @@ def parse_data_source(text: str) -> DataSource:
         except ValueError:
             path, rate = rest, 1.0  # a colon inside the path (Windows drive, URL-like): no rate given
     if not rate > 0:
-        raise GlusError(f"data source {text!r}: the rate must be > 0")
+        raise GLUSError(f"data source {text!r}: the rate must be > 0")
     return DataSource(name, path, rate)
 
 
@@ -130,48 +130,48 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """One-line errors for settings that cannot work, before anything heavy happens."""
         if not self.out:
-            raise GlusError("out: give the run folder (checkpoints, logs and the final model go there)")
+            raise GLUSError("out: give the run folder (checkpoints, logs and the final model go there)")
         if (self.model is None) == (self.preset is None):
-            raise GlusError("give exactly one of model (a checkpoint to start from) and preset (random weights)")
+            raise GLUSError("give exactly one of model (a checkpoint to start from) and preset (random weights)")
         if self.sam2_checkpoint is not None and self.model is None:
-            raise GlusError("sam2_checkpoint starts SAM-2 from Meta's weights and the LLM from model (a LISA "
+            raise GLUSError("sam2_checkpoint starts SAM-2 from Meta's weights and the LLM from model (a LISA "
                             "checkpoint): give model")
         if self.preset is not None and self.tokenizer is None:
-            raise GlusError("preset needs tokenizer: a folder with tokenizer.model and the [SEG] token")
+            raise GLUSError("preset needs tokenizer: a folder with tokenizer.model and the [SEG] token")
         if self.compat not in ("official", "stored"):
-            raise GlusError(f"compat must be official or stored, got {self.compat!r}")
+            raise GLUSError(f"compat must be official or stored, got {self.compat!r}")
         if self.ce_on not in ("seg", "assistant"):
-            raise GlusError(f"ce_on must be seg or assistant, got {self.ce_on!r}")
+            raise GLUSError(f"ce_on must be seg or assistant, got {self.ce_on!r}")
         if self.dtype not in ("fp32", "bf16"):
-            raise GlusError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
+            raise GLUSError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
         if self.dtype == "bf16" and not str(self.device).startswith("cuda"):
-            raise GlusError("dtype bf16 trains with CUDA autocast: use device cuda, or dtype fp32 on the CPU")
+            raise GLUSError("dtype bf16 trains with CUDA autocast: use device cuda, or dtype fp32 on the CPU")
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accumulation": self.grad_accumulation,
                     "query_frames": self.query_frames, "max_expressions": self.max_expressions,
                     "save_every": self.save_every, "keep_last": self.keep_last, "lora_r": self.lora_r}
         for key, value in positive.items():
             if value < 1:
-                raise GlusError(f"{key} must be >= 1, got {value}")
+                raise GLUSError(f"{key} must be >= 1, got {value}")
         if self.val_data is not None:
             parse_data_source(self.val_data)
         if self.val_key_frame not in ("none", "auto"):
-            raise GlusError(f"val_key_frame must be none or auto, got {self.val_key_frame!r}")
+            raise GLUSError(f"val_key_frame must be none or auto, got {self.val_key_frame!r}")
         if self.val_videos is not None and self.val_videos < 1:
-            raise GlusError(f"val_videos must be >= 1, got {self.val_videos}")
+            raise GLUSError(f"val_videos must be >= 1, got {self.val_videos}")
         for key in ("context_frames", "warmup_steps", "num_workers", "val_every"):
             if getattr(self, key) < 0:
-                raise GlusError(f"{key} must be >= 0, got {getattr(self, key)}")
+                raise GLUSError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not self.lr > 0:
-            raise GlusError(f"lr must be > 0, got {self.lr}")
+            raise GLUSError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.lora_dropout < 1:
-            raise GlusError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            raise GLUSError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.data_preset is not None:
             if self.data_preset not in DATA_PRESETS:
-                raise GlusError(f"data_preset must be one of {', '.join(DATA_PRESETS)}, got {self.data_preset!r}")
+                raise GLUSError(f"data_preset must be one of {', '.join(DATA_PRESETS)}, got {self.data_preset!r}")
             if self.data_root is None:
-                raise GlusError("data_preset needs data_root: the folder holding mevis/, refytvos/, ...")
+                raise GLUSError("data_preset needs data_root: the folder holding mevis/, refytvos/, ...")
         if not self.sources():
-            raise GlusError("no training data: give data (NAME=PATH[:RATE]) or data_preset with data_root")
+            raise GLUSError("no training data: give data (NAME=PATH[:RATE]) or data_preset with data_root")
         return self
 
     def sources(self) -> list[DataSource]:
@@ -191,7 +191,7 @@ class TrainConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise GlusError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}", where)
+            raise GLUSError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}", where)
         values = {}
         defaults = cls()
         for key, value in raw.items():
@@ -223,7 +223,7 @@ def _coerce(key: str, value: Any, default: Any, where: str | Path) -> Any:
             return value if isinstance(value, (int, float)) and key in _NUMERIC_OPTIONAL else str(value)
     except (TypeError, ValueError):
         pass
-    raise GlusError(f"{key}: {value!r} is not a valid value (expected like {default!r})", where)
+    raise GLUSError(f"{key}: {value!r} is not a valid value (expected like {default!r})", where)
 
 
 _NUMERIC_OPTIONAL = {"sam2_image_size", "mem_attn_dropout", "grad_clip", "threads", "val_videos"}
@@ -240,20 +240,20 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = (),
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise GlusError("training config not found", path) from None
+            raise GLUSError("training config not found", path) from None
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise GlusError(f"not a readable YAML file ({str(exc).splitlines()[0]})", path) from None
+            raise GLUSError(f"not a readable YAML file ({str(exc).splitlines()[0]})", path) from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise GlusError("a training config is a mapping of settings", path)
+            raise GLUSError("a training config is a mapping of settings", path)
         raw.update(loaded or {})
     for text in overrides:
         key, sep, value = text.partition("=")
         if not sep or not key.strip():
-            raise GlusError(f"override {text!r}: write key=value")
+            raise GLUSError(f"override {text!r}: write key=value")
         try:
             raw[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise GlusError(f"override {text!r}: the value is not valid YAML") from None
+            raise GLUSError(f"override {text!r}: the value is not valid YAML") from None
     config = TrainConfig.from_mapping(raw, where)
     config.data = [*config.data, *extra_data]
     return config.validate()

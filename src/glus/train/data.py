@@ -27,8 +27,8 @@ from glus.data.formats import load_dataset
 from glus.data.records import Dataset, Video
 from glus.data.sampling import min_training_frames, sample_training_frames
 from glus.data.training import TrainingSample
-from glus.errors import GlusError
-from glus.model.sam2_head import preprocess_frame
+from glus.errors import GLUSError
+from glus.model.sam2_model import preprocess_frame
 from glus.model.vision_tower import clip_pixel_values
 from glus.prompts import PromptBuilder, encode_training_conversation
 from glus.train.config import DataSource
@@ -48,7 +48,7 @@ class _Source:
 def _read_rgb(path: str) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise GlusError("frame image missing or unreadable", path)
+        raise GLUSError("frame image missing or unreadable", path)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -75,17 +75,17 @@ class TrainingSet(torch.utils.data.Dataset):
         for spec in sources:
             dataset = load_dataset(spec.name, spec.path, spec.split)
             if not dataset.has_ground_truth:
-                raise GlusError(f"{spec.name}: this split has no ground-truth masks to train on", spec.path)
+                raise GLUSError(f"{spec.name}: this split has no ground-truth masks to train on", spec.path)
             usable = [v for v in dataset.videos.values() if len(v.frame_names) >= need and v.expressions]
             if not usable:
-                raise GlusError(f"{spec.name}: no video has an expression and at least {need} frames "
+                raise GLUSError(f"{spec.name}: no video has an expression and at least {need} frames "
                                 f"({len(dataset.videos)} video(s) in the split)", spec.path)
             if len(usable) < len(dataset.videos):
                 logger.info("%s: %d of %d videos are shorter than %d frames or have no expression; left out",
                             spec.name, len(dataset.videos) - len(usable), len(dataset.videos), need)
             self.sources.append(_Source(spec, dataset, usable))
         if not self.sources:
-            raise GlusError("no training data")
+            raise GLUSError("no training data")
         rates = np.array([s.spec.rate for s in self.sources], dtype=np.float64)
         self.probabilities = rates / rates.sum()
 
@@ -108,7 +108,7 @@ class TrainingSet(torch.utils.data.Dataset):
         images = {t: _read_rgb(video.frame_paths[t]) for t in set(frames.all)}
         sizes = {images[t].shape[:2] for t in images}
         if len(sizes) != 1:
-            raise GlusError(f"video {video.video_id}: frames of different sizes {sorted(sizes)}",
+            raise GLUSError(f"video {video.video_id}: frames of different sizes {sorted(sizes)}",
                             video.frame_paths[frames.all[0]])
         ids, labels, masks = [], [], []
         for exp_id in chosen:
@@ -120,7 +120,7 @@ class TrainingSet(torch.utils.data.Dataset):
             masks.append(np.stack([source.dataset.gt_mask(video.video_id, exp_id, t) for t in frames.query]))
         mask_hw = masks[0].shape[1:]
         if tuple(mask_hw) != tuple(next(iter(sizes))):
-            raise GlusError(f"video {video.video_id}: masks are {tuple(mask_hw)} but frames "
+            raise GLUSError(f"video {video.video_id}: masks are {tuple(mask_hw)} but frames "
                             f"{tuple(next(iter(sizes)))}", video.frame_paths[frames.query[0]])
         return TrainingSample(
             clip_pixels=clip_pixel_values([images[t] for t in frames.all], self.clip_processor),

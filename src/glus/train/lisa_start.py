@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.fileio import read_json_object
 from glus.model.checkpoint import VISUAL_PREFIX, released_config, resolve_tower_path
 from glus.model.checkpoint_io import describe_key_mismatch, drop_non_weights, load_state_dict, resolve_checkpoint
@@ -59,7 +59,7 @@ def build_from_lisa(model: str | Path, sam2_checkpoint: str | Path, *, vision_to
     raw = read_json_object(folder / "config.json", "config.json")
     tower_name = str(vision_tower or raw.get("mm_vision_tower") or raw.get("vision_tower") or "")
     if not tower_name:
-        raise GlusError("the config names no vision tower: give vision_tower", folder / "config.json")
+        raise GLUSError("the config names no vision tower: give vision_tower", folder / "config.json")
     tower_path = str(vision_tower) if vision_tower is not None else resolve_tower_path(tower_name, folder)
     tower = load_vision_tower(tower_path, select_layer=int(raw.get("mm_vision_select_layer", -2)))
     config = released_config(folder, tower, sam2_config)
@@ -84,23 +84,23 @@ def build_from_lisa(model: str | Path, sam2_checkpoint: str | Path, *, vision_to
             shapes.append(f"{key} {tuple(value.shape)} vs {tuple(target.shape)}")
     problem = describe_key_mismatch(missing, unexpected, folder, shapes)
     if problem:
-        raise GlusError(problem)
+        raise GLUSError(problem)
     glus.load_state_dict(llm, strict=False)
 
     sam2_path = Path(sam2_checkpoint)
     try:
         sam = torch.load(sam2_path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise GlusError("SAM-2 checkpoint not found", sam2_path) from None
+        raise GLUSError("SAM-2 checkpoint not found", sam2_path) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
-        raise GlusError(f"not a readable SAM-2 checkpoint ({type(exc).__name__})", sam2_path) from None
+        raise GLUSError(f"not a readable SAM-2 checkpoint ({type(exc).__name__})", sam2_path) from None
     sam = sam.get("model", sam) if isinstance(sam, dict) else None
     if not isinstance(sam, dict):
-        raise GlusError("not a SAM-2 checkpoint ({'model': state_dict})", sam2_path)
+        raise GLUSError("not a SAM-2 checkpoint ({'model': state_dict})", sam2_path)
     try:
         glus.sam2.load_meta_state_dict(sam, compat="stored", strict=True)
     except (RuntimeError, ValueError) as exc:
-        raise GlusError(f"the SAM-2 weights do not fit the SAM-2 config: {str(exc).splitlines()[0]}",
+        raise GLUSError(f"the SAM-2 weights do not fit the SAM-2 config: {str(exc).splitlines()[0]}",
                         sam2_path) from None
     glus.materialize_rotary("cpu")
     glus.seg_token_id = tokenizer.seg_token_id

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from glus.data.masks import decode_rle
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.fileio import read_json_object
 from glus.data.training import TrainingSample
 from glus.model.glus import GLUSModel
 from glus.model.losses import ContrastiveConfig, GLUSLossWeights, ObjectContrastiveLoss, SegEntryMeta, object_set_key
 from glus.model.adapters import apply_lora
-from glus.model.sam2_head import preprocess_frame
+from glus.model.sam2_model import preprocess_frame
 from glus.model.vision_tower import clip_pixel_values
 from glus.train.schedule import WarmupDecay, warmup_decay_scheduler
 from glus.train.step import StepSettings, adamw, released_parameter_names, train_step
@@ -122,23 +122,23 @@ class OfficialTrainStep:
         self.folder = Path(folder)
         step_dir = self.folder / "train_step"
         if not (step_dir / "train_step.json").is_file():
-            raise GlusError("no train_step/train_step.json: not a reference folder with a recorded training step",
+            raise GLUSError("no train_step/train_step.json: not a reference folder with a recorded training step",
                             self.folder)
         self.record = read_json_object(step_dir / "train_step.json", "training-step record")
         npz = step_dir / "train_step.npz"
         if not npz.is_file():
-            raise GlusError("train_step.npz is missing beside train_step.json", npz)
+            raise GLUSError("train_step.npz is missing beside train_step.json", npz)
         try:
             with np.load(npz) as arrays:
                 self.arrays = {k: arrays[k] for k in arrays.files}
         except (OSError, ValueError) as exc:
-            raise GlusError(f"not a readable npz archive ({exc})", npz) from None
+            raise GLUSError(f"not a readable npz archive ({exc})", npz) from None
         try:
             self.batch = self.record["batch"]
             self.records: dict[str, dict] = self.record["records"]
             self.dataset = self.record["dataset"]
         except KeyError as exc:
-            raise GlusError(f"the record has no {exc.args[0]!r} entry", step_dir / "train_step.json") from None
+            raise GLUSError(f"the record has no {exc.args[0]!r} entry", step_dir / "train_step.json") from None
 
     # ------------------------------------------------------------------ record contents
     def array(self, record: str, key: str) -> np.ndarray:
@@ -148,7 +148,7 @@ class OfficialTrainStep:
             return self.arrays[own]
         if key in self.records[record].get("arrays_identical_to_step0", []) and f"step0/{key}" in self.arrays:
             return self.arrays[f"step0/{key}"]
-        raise GlusError(f"train_step.npz has no array {own!r}", self.folder / "train_step")
+        raise GLUSError(f"train_step.npz has no array {own!r}", self.folder / "train_step")
 
     def skip_reason(self, name: str) -> str | None:
         rec = self.records[name]
@@ -167,7 +167,7 @@ class OfficialTrainStep:
         if not yaml.is_file():
             candidates = sorted(self.folder.glob("*.yaml"))
             if len(candidates) != 1:
-                raise GlusError("need exactly one SAM-2 yaml in the reference folder", self.folder)
+                raise GLUSError("need exactly one SAM-2 yaml in the reference folder", self.folder)
             yaml = candidates[0]
         sam2 = dataclasses.replace(sam2_config_from_arg(yaml), mem_attn_dropout=0.0)  # as the parity run did
         model = from_pretrained(self.folder, vision_tower=self.folder / "clip", sam2_config=sam2, compat="stored")
@@ -184,11 +184,11 @@ class OfficialTrainStep:
         with torch.no_grad():
             for key in sorted(inits):
                 if key not in params:
-                    raise GlusError(f"the record initialises {key!r}, which glus's model does not have",
+                    raise GLUSError(f"the record initialises {key!r}, which glus's model does not have",
                                     self.folder / "train_step")
                 value = torch.from_numpy(self.array(name, f"init/{key}"))
                 if tuple(value.shape) != tuple(params[key].shape):
-                    raise GlusError(f"{key}: recorded init {tuple(value.shape)}, model {tuple(params[key].shape)}",
+                    raise GLUSError(f"{key}: recorded init {tuple(value.shape)}, model {tuple(params[key].shape)}",
                                     self.folder / "train_step")
                 params[key].copy_(value)
         peft_model.train()
@@ -201,7 +201,7 @@ class OfficialTrainStep:
             row = torch.tensor(reference["rigging"]["unrigged_row"], dtype=torch.float32)
             index = int(spec.get("row", reference["rigging"]["row"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise GlusError(f"no usable rigging.unrigged_row ({exc!r})", self.folder / "reference.json") from None
+            raise GLUSError(f"no usable rigging.unrigged_row ({exc!r})", self.folder / "reference.json") from None
         with torch.no_grad():
             model.lm_head.weight[index].copy_(row.to(model.lm_head.weight.dtype))
 
@@ -212,7 +212,7 @@ class OfficialTrainStep:
             path = self.folder / "frames" / f"{frame}.png"
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
-                raise GlusError("frame image missing or unreadable", path)
+                raise GLUSError("frame image missing or unreadable", path)
             frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
         return frames
 
@@ -273,7 +273,7 @@ class OfficialTrainStep:
         def replay(row: int, positives: list[int], negatives: list[int]) -> tuple[int, Sequence[int]]:
             call = calls[row]
             if not call.get("active"):
-                raise GlusError(f"anchor {row} contributes in glus but not in the record "
+                raise GLUSError(f"anchor {row} contributes in glus but not in the record "
                                 f"({len(positives)} positives, {len(negatives)} negatives here, "
                                 f"{call.get('n_positives')} / {call.get('n_negatives')} recorded)")
             return int(call["positive_bank_index"]), [int(i) for i in call["negative_bank_indices"]]
@@ -285,7 +285,7 @@ class OfficialTrainStep:
     def check(self, name: str) -> RecordCheck:
         """Run glus's step on record ``name`` and compare (see the module docstring)."""
         if name not in self.records:
-            raise GlusError(f"no record {name!r}; the folder has {', '.join(self.records)}",
+            raise GLUSError(f"no record {name!r}; the folder has {', '.join(self.records)}",
                             self.folder / "train_step")
         out = RecordCheck(name)
         out.skipped = self.skip_reason(name)
@@ -345,7 +345,7 @@ class OfficialTrainStep:
         """The recorded run's lr schedule (its DeepSpeed ``WarmupDecayLR`` parameters)."""
         params = self.record.get("ds_config", {}).get("scheduler", {}).get("params", {})
         if params.get("warmup_type", "linear") != "linear":
-            raise GlusError(f"warm-up type {params.get('warmup_type')!r}: glus implements the linear one",
+            raise GLUSError(f"warm-up type {params.get('warmup_type')!r}: glus implements the linear one",
                             self.folder / "train_step")
         return WarmupDecay(total_steps=int(params.get("total_num_steps", 1)),
                            warmup_steps=int(params.get("warmup_num_steps", 0)))

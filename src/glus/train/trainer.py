@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.fileio import atomic_write_bytes, atomic_write_json, read_json_object
 from glus.model.glus import GLUSModel, TrainForward
 from glus.model.losses import ContrastiveConfig, GLUSLossWeights, ObjectContrastiveLoss
@@ -128,16 +128,16 @@ class Trainer:
         saved = self.run_dir / "config.yaml"
         if self.resume:
             if not saved.is_file():
-                raise GlusError("nothing to resume: no config.yaml in the run folder", self.run_dir)
+                raise GLUSError("nothing to resume: no config.yaml in the run folder", self.run_dir)
             import yaml
 
             before = yaml.safe_load(saved.read_text())
             now = self.config.to_dict()
             diff = [k for k in now if k not in _FREE_ON_RESUME and _plain(before.get(k)) != _plain(now[k])]
             if diff:
-                raise GlusError(f"resume with other settings than the run started with: {', '.join(diff)}", saved)
+                raise GLUSError(f"resume with other settings than the run started with: {', '.join(diff)}", saved)
         elif latest_checkpoint(self.run_dir) is not None:
-            raise GlusError("the run folder holds checkpoints: pass --resume, or choose another out", self.run_dir)
+            raise GLUSError("the run folder holds checkpoints: pass --resume, or choose another out", self.run_dir)
 
     def _build_model(self) -> tuple[GLUSModel, Any]:
         from glus.tokenizer import GLUSTokenizer
@@ -151,7 +151,7 @@ class Trainer:
             try:
                 model_cfg = preset(cfg.preset)
             except ValueError as exc:
-                raise GlusError(str(exc)) from None
+                raise GLUSError(str(exc)) from None
             sam2 = model_cfg.sam2
             if cfg.sam2_image_size is not None:
                 grid = cfg.sam2_image_size // 16
@@ -162,7 +162,7 @@ class Trainer:
             model = GLUSModel(model_cfg, vision_tower=build_vision_tower(model_cfg.vision))
             tokenizer = GLUSTokenizer.from_pretrained(cfg.tokenizer)
             if len(tokenizer) != model_cfg.text.vocab_size:
-                raise GlusError(f"the tokenizer has {len(tokenizer)} ids, the {cfg.preset} preset "
+                raise GLUSError(f"the tokenizer has {len(tokenizer)} ids, the {cfg.preset} preset "
                                 f"{model_cfg.text.vocab_size}", cfg.tokenizer)
             model.seg_token_id = tokenizer.seg_token_id
         else:
@@ -170,7 +170,7 @@ class Trainer:
             from glus.model.checkpoint_io import resolve_checkpoint
 
             if cfg.sam2_image_size is not None:
-                raise GlusError("sam2_image_size applies to a preset; a checkpoint keeps the size it was trained at")
+                raise GLUSError("sam2_image_size applies to a preset; a checkpoint keeps the size it was trained at")
             sam2: Any = cfg.sam2_config
             if cfg.mem_attn_dropout is not None:
                 sam2 = replace(sam2_config_from_arg(cfg.sam2_config), mem_attn_dropout=cfg.mem_attn_dropout)
@@ -355,7 +355,7 @@ class Trainer:
             self._write_checkpoint(step, *args)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise GlusError(f"cannot write the step-{step} checkpoint: {exc.strerror or exc}; the newest complete "
+            raise GLUSError(f"cannot write the step-{step} checkpoint: {exc.strerror or exc}; the newest complete "
                             "one is kept for --resume", self.run_dir / CHECKPOINTS) from None
 
     def _write_checkpoint(self, step: int, params, trainable, optimizer, scheduler, contrastive,
@@ -394,14 +394,14 @@ class Trainer:
 
         found = latest_checkpoint(self.run_dir)
         if found is None:
-            raise GlusError("nothing to resume: no complete checkpoint", self.run_dir / CHECKPOINTS)
+            raise GLUSError("nothing to resume: no complete checkpoint", self.run_dir / CHECKPOINTS)
         state = read_json_object(found / "state.json", "checkpoint state")
         try:
             tensors = load_file(str(found / "trainable.safetensors"))
         except (OSError, ValueError) as exc:
-            raise GlusError(f"unreadable checkpoint tensors ({exc})", found / "trainable.safetensors") from None
+            raise GLUSError(f"unreadable checkpoint tensors ({exc})", found / "trainable.safetensors") from None
         if sorted(tensors) != trainable:
-            raise GlusError("the checkpoint's trainable tensors are not this model's", found)
+            raise GLUSError("the checkpoint's trainable tensors are not this model's", found)
         with torch.no_grad():
             for key in trainable:
                 params[key].copy_(tensors[key])
@@ -410,7 +410,7 @@ class Trainer:
     def _load_checkpoint(self, params, trainable, optimizer, scheduler, contrastive) -> int:
         found, state = self.load_trainable(params, trainable)
         if int(state.get("world_size", 1)) != self.world:
-            raise GlusError(f"the checkpoint was written by {state.get('world_size')} process(es), this run "
+            raise GLUSError(f"the checkpoint was written by {state.get('world_size')} process(es), this run "
                             f"has {self.world}: the data order and the banks would differ", found)
         optimizer.load_state_dict(torch.load(found / "optimizer.pt", map_location=self.device, weights_only=True))
         scheduler.load_state_dict(state["scheduler"])

@@ -15,7 +15,7 @@ name           ``split_dir``                                          ground tru
 =============  =====================================================  ==========================================
 
 Every reader checks the annotation files when it loads them (structure, unknown annotation ids, mask lists of
-the wrong length, missing frame lists) and raises :class:`~glus.errors.GlusError` naming the file and entry;
+the wrong length, missing frame lists) and raises :class:`~glus.errors.GLUSError` naming the file and entry;
 masks themselves are decoded only when asked for.
 """
 
@@ -25,7 +25,7 @@ import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 if TYPE_CHECKING:  # the readers import it; the names alone (the command line's choices) stay light
     from glus.data.records import Dataset
@@ -50,7 +50,7 @@ def _reader(name: str) -> Callable[..., Dataset]:
     elif name == "reasonvos":
         from glus.data.formats.reasonvos import read_reasonvos as reader
     else:
-        raise GlusError(f"unknown dataset '{name}' (choose from {', '.join(DATASET_NAMES)})")
+        raise GLUSError(f"unknown dataset '{name}' (choose from {', '.join(DATASET_NAMES)})")
     return reader
 
 
@@ -70,9 +70,9 @@ def load_dataset(name: str, split_dir: str | Path, split: str | None = None, **o
     reader = _reader(name)
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
-        raise GlusError("dataset folder not found", split_dir)
+        raise GLUSError("dataset folder not found", split_dir)
     try:
         inspect.signature(reader).bind(split_dir, split, **options)
     except TypeError:
-        raise GlusError(f"the {name} reader does not take the option(s) {', '.join(map(repr, options))}") from None
+        raise GLUSError(f"the {name} reader does not take the option(s) {', '.join(map(repr, options))}") from None
     return reader(split_dir, split, **options)

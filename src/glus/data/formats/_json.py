@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from glus import fileio
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 __all__ = ["read_json", "iter_members", "Member", "load_span"]
 
@@ -93,8 +93,8 @@ class _Stream:
             if not self.more():
                 return ""
 
-    def fail(self, message: str, at: int | None = None) -> GlusError:
-        return GlusError(f"invalid JSON at byte {self.offset() if at is None else at}: {message}", self.path)
+    def fail(self, message: str, at: int | None = None) -> GLUSError:
+        return GLUSError(f"invalid JSON at byte {self.offset() if at is None else at}: {message}", self.path)
 
     def expect(self, ch: str, context: str) -> None:
         got = self.peek()
@@ -142,15 +142,15 @@ def iter_members(path: str | Path, expand: frozenset[str] | set[str] = frozenset
 
     Yields one :class:`Member` per top-level key, except that a key in ``expand`` whose value is an array
     yields one member per element (``index`` set) and never holds the whole array. Invalid JSON, or a top
-    level that is not an object, raises :class:`GlusError` with the byte offset.
+    level that is not an object, raises :class:`GLUSError` with the byte offset.
     """
     path = Path(path)
     try:
         stream = _Stream(path, chunk)
     except FileNotFoundError:
-        raise GlusError("annotation file not found", path) from None
+        raise GLUSError("annotation file not found", path) from None
     except IsADirectoryError:
-        raise GlusError("annotation file is a folder, not a JSON file", path) from None
+        raise GLUSError("annotation file is a folder, not a JSON file", path) from None
     try:
         stream.expect("{", "at the start of the file (the top level must be a JSON object)")
         if stream.peek() == "}":
@@ -194,9 +194,9 @@ def load_span(path: Path, start: int, end: int) -> Any:
             f.seek(start)
             data = f.read(end - start)
     except FileNotFoundError:
-        raise GlusError("annotation file disappeared after it was indexed", path) from None
+        raise GLUSError("annotation file disappeared after it was indexed", path) from None
     try:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise GlusError(f"annotation file changed after it was indexed (bytes {start}-{end} no longer hold "
+        raise GLUSError(f"annotation file changed after it was indexed (bytes {start}-{end} no longer hold "
                         f"a JSON value)", path) from None

@@ -1,6 +1,6 @@
 """Checks and conversions shared by the readers of ``meta_expressions``-style annotation files.
 
-Every helper raises :class:`GlusError` with a one-line message naming the file and the entry.
+Every helper raises :class:`GLUSError` with a one-line message naming the file and the entry.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from glus.data.records import describe
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 IMAGE_EXT = ".jpg"
 
@@ -17,13 +17,13 @@ IMAGE_EXT = ".jpg"
 def videos_of(meta: Any, path: Path) -> dict[str, Any]:
     """The ``"videos"`` mapping of a meta_expressions file."""
     if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
-        raise GlusError("expected a JSON object with a \"videos\" object", path)
+        raise GLUSError("expected a JSON object with a \"videos\" object", path)
     return meta["videos"]
 
 
 def video_dict(vid: str, vdata: Any, path: Path) -> dict:
     if not isinstance(vdata, dict):
-        raise GlusError(f"video '{vid}': expected an object, got {describe(vdata)}", path)
+        raise GLUSError(f"video '{vid}': expected an object, got {describe(vdata)}", path)
     return vdata
 
 
@@ -36,18 +36,18 @@ def frame_order(vid: str, frames: Any, path: Path) -> tuple[list[str], list[int]
         the file order is already sorted.
     """
     if frames is None:
-        raise GlusError(f"video '{vid}' has no \"frames\" list", path)
+        raise GLUSError(f"video '{vid}' has no \"frames\" list", path)
     if not isinstance(frames, list) or not frames:
-        raise GlusError(f"video '{vid}': \"frames\" must be a non-empty list of frame names, got "
+        raise GLUSError(f"video '{vid}': \"frames\" must be a non-empty list of frame names, got "
                         f"{describe(frames)}", path)
     names = []
     for f in frames:
         if isinstance(f, bool) or not isinstance(f, (str, int)) or str(f) == "":
-            raise GlusError(f"video '{vid}': bad frame name {describe(f)}", path)
+            raise GLUSError(f"video '{vid}': bad frame name {describe(f)}", path)
         names.append(str(f))
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise GlusError(f"video '{vid}': frame '{dup}' is listed twice", path)
+        raise GLUSError(f"video '{vid}': frame '{dup}' is listed twice", path)
     order = sorted(range(len(names)), key=names.__getitem__)
     if order == list(range(len(names))):
         return names, None
@@ -60,14 +60,14 @@ def id_list(value: Any, field: str, where: str, path: Path) -> tuple:
         return (value,)
     if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
                                                for v in value):
-        raise GlusError(f"{where}: \"{field}\" must be a list of ids, got {describe(value)}", path)
+        raise GLUSError(f"{where}: \"{field}\" must be a list of ids, got {describe(value)}", path)
     return tuple(value)
 
 
 def text_of(edata: dict, field: str, where: str, path: Path) -> str:
     text = edata.get(field)
     if not isinstance(text, str):
-        raise GlusError(f"{where}: missing or non-string \"{field}\" (the expression text)", path)
+        raise GLUSError(f"{where}: missing or non-string \"{field}\" (the expression text)", path)
     return text
 
 
@@ -77,7 +77,7 @@ def size_of(vdata: dict, vid: str, path: Path) -> tuple[int | None, int | None]:
     if h is None and w is None:
         return None, None
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
-        raise GlusError(f"video '{vid}': \"height\" and \"width\" must be positive integers, got "
+        raise GLUSError(f"video '{vid}': \"height\" and \"width\" must be positive integers, got "
                         f"{describe(h)} and {describe(w)}", path)
     return h, w
 

@@ -22,7 +22,7 @@ import numpy as np
 from glus.data.formats._json import load_span
 from glus.data.masks import decode_rle, read_mask_png, rle_size
 from glus.data.records import Expression, LRUCache, MaskSource, Video
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 __all__ = ["RleEntry", "RleStore", "RleMasks", "PaletteMasks", "BinaryPngMasks", "load_mask_pickle",
            "summarize_rle_list"]
@@ -48,7 +48,7 @@ class RleEntry:
 def summarize_rle_list(value: Any, where: str) -> tuple[int, tuple[int, int] | None]:
     """Check that ``value`` is a per-frame list of RLE-or-null; return its length and first RLE size."""
     if not isinstance(value, list):
-        raise GlusError(f"{where}: expected a list with one RLE (or null) per frame, got {type(value).__name__}")
+        raise GLUSError(f"{where}: expected a list with one RLE (or null) per frame, got {type(value).__name__}")
     for t, item in enumerate(value):
         if item is None or item == []:  # absent on this frame
             continue
@@ -88,7 +88,7 @@ class RleStore:
         if entry.field is not None:
             value = value[entry.field]
         if not isinstance(value, list) or len(value) != entry.length:
-            raise GlusError(f"annotation file changed after it was indexed (annotation '{anno_id}')", self.path)
+            raise GLUSError(f"annotation file changed after it was indexed (annotation '{anno_id}')", self.path)
         return value
 
 
@@ -133,11 +133,11 @@ def check_rle_lengths(store: RleStore, video: Video, expression: Expression, met
     """Every annotation of ``expression`` exists in ``store`` and has one item per frame of ``video``."""
     for anno_id in expression.anno_ids:
         if anno_id not in store:
-            raise GlusError(f"unknown annotation id '{anno_id}' in expression '{expression.exp_id}' of video "
+            raise GLUSError(f"unknown annotation id '{anno_id}' in expression '{expression.exp_id}' of video "
                             f"'{video.video_id}' (listed in {meta_path.name})", store.path)
         n = store.entry(anno_id).length
         if n != len(video.frame_names):
-            raise GlusError(f"annotation '{anno_id}' has {n} masks but video '{video.video_id}' has "
+            raise GLUSError(f"annotation '{anno_id}' has {n} masks but video '{video.video_id}' has "
                             f"{len(video.frame_names)} frames (expression '{expression.exp_id}')", store.path)
 
 
@@ -156,7 +156,7 @@ class PaletteMasks(MaskSource):
         def read() -> np.ndarray:
             path = self._png(video, frame_index)
             if not path.is_file():
-                raise GlusError(f"missing annotation of frame '{video.frame_names[frame_index]}' "
+                raise GLUSError(f"missing annotation of frame '{video.frame_names[frame_index]}' "
                                 f"(index {frame_index}) of video '{video.video_id}'", path)
             return read_mask_png(path, indices=True, expected_hw=frame_hw,
                                  where=f"video '{video.video_id}', frame {frame_index}")
@@ -170,7 +170,7 @@ class PaletteMasks(MaskSource):
         except (TypeError, ValueError):
             value = -1
         if not 0 <= value <= 255:
-            raise GlusError(f"object id {obj_id!r} of expression '{expression.exp_id}' of video "
+            raise GLUSError(f"object id {obj_id!r} of expression '{expression.exp_id}' of video "
                             f"'{video.video_id}' is not a palette index (0-255)")
         return value
 
@@ -206,7 +206,7 @@ class BinaryPngMasks(MaskSource):
 
         def read() -> np.ndarray:
             if not path.is_file():
-                raise GlusError(f"missing annotation of frame '{video.frame_names[frame_index]}' (index "
+                raise GLUSError(f"missing annotation of frame '{video.frame_names[frame_index]}' (index "
                                 f"{frame_index}) for expression '{expression.exp_id}' of video "
                                 f"'{video.video_id}'", path)
             return read_mask_png(path, expected_hw=frame_hw,
@@ -234,12 +234,12 @@ def load_mask_pickle(path: Path) -> dict:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise GlusError("mask file not found", path) from None
+        raise GLUSError("mask file not found", path) from None
     try:
         value = _MaskUnpickler(io.BytesIO(data)).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
             AttributeError, ImportError) as exc:
-        raise GlusError(f"not a readable mask pickle: {exc}", path) from None
+        raise GLUSError(f"not a readable mask pickle: {exc}", path) from None
     if not isinstance(value, dict):
-        raise GlusError(f"expected a dict of per-frame mask lists, got {type(value).__name__}", path)
+        raise GLUSError(f"expected a dict of per-frame mask lists, got {type(value).__name__}", path)
     return value

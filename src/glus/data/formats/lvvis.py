@@ -30,7 +30,7 @@ from glus.data.formats._meta import frame_order
 from glus.data.formats._sources import RleEntry, RleMasks, RleStore, summarize_rle_list
 from glus.data.formats.mevis import attach_mask_dict, parse_mevis_meta
 from glus.data.records import Dataset, Expression, Video, describe
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _first_dir(*candidates: Path) -> Path:
 
 def _int(value: Any, field: str, where: str, path: Path) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise GlusError(f"{where}: \"{field}\" must be an integer, got {describe(value)}", path)
+        raise GLUSError(f"{where}: \"{field}\" must be an integer, got {describe(value)}", path)
     return value
 
 
@@ -61,41 +61,41 @@ def read_instances(path: Path, split: str, image_root: Path) -> LvvisDataset:
     for m in iter_members(path, expand={"annotations"}):
         if m.key == "videos":
             if not isinstance(m.value, list):
-                raise GlusError(f"\"videos\" must be a list, got {describe(m.value)}", path)
+                raise GLUSError(f"\"videos\" must be a list, got {describe(m.value)}", path)
             raw_videos = m.value
         elif m.key == "categories":
             if not isinstance(m.value, list):
-                raise GlusError(f"\"categories\" must be a list, got {describe(m.value)}", path)
+                raise GLUSError(f"\"categories\" must be a list, got {describe(m.value)}", path)
             for i, c in enumerate(m.value):
                 if not isinstance(c, dict) or not isinstance(c.get("name"), str):
-                    raise GlusError(f"category {i}: expected {{\"id\", \"name\"}}, got {describe(c)}", path)
+                    raise GLUSError(f"category {i}: expected {{\"id\", \"name\"}}, got {describe(c)}", path)
                 categories[_int(c.get("id"), "id", f"category {i}", path)] = c["name"]
         elif m.key == "annotations" and m.index is not None:
             a, where = m.value, f"annotation {m.index}"
             if not isinstance(a, dict):
-                raise GlusError(f"{where}: expected an object, got {describe(a)}", path)
+                raise GLUSError(f"{where}: expected an object, got {describe(a)}", path)
             aid = _int(a.get("id"), "id", where, path)
             where = f"annotation {aid}"
             vid = _int(a.get("video_id"), "video_id", where, path)
             cid = _int(a.get("category_id"), "category_id", where, path)
             if str(aid) in entries:
-                raise GlusError(f"annotation id {aid} is used twice", path)
+                raise GLUSError(f"annotation id {aid} is used twice", path)
             length, size = summarize_rle_list(a.get("segmentations"), f"{path}: {where} \"segmentations\"")
             entries[str(aid)] = RleEntry(length, size, (m.start, m.end), field="segmentations")
             anns.append((aid, vid, cid))
         elif m.key == "annotations":
-            raise GlusError(f"\"annotations\" must be a list, got {describe(m.value)}", path)
+            raise GLUSError(f"\"annotations\" must be a list, got {describe(m.value)}", path)
 
     videos: dict[str, Video] = {}
     by_number: dict[int, Video] = {}
     positions: dict[str, list[int]] = {}
     for i, v in enumerate(raw_videos):
         if not isinstance(v, dict):
-            raise GlusError(f"video {i}: expected an object, got {describe(v)}", path)
+            raise GLUSError(f"video {i}: expected an object, got {describe(v)}", path)
         number = _int(v.get("id"), "id", f"video {i}", path)
         files = v.get("file_names")
         if not isinstance(files, list) or not files or not all(isinstance(f, str) and f for f in files):
-            raise GlusError(f"video {number}: \"file_names\" must be a non-empty list of paths, got "
+            raise GLUSError(f"video {number}: \"file_names\" must be a non-empty list of paths, got "
                             f"{describe(files)}", path)
         parent = Path(files[0]).parent.as_posix()
         vid = parent if parent not in ("", ".") else str(number)
@@ -107,7 +107,7 @@ def read_instances(path: Path, split: str, image_root: Path) -> LvvisDataset:
         if h is not None or w is not None:
             h, w = _int(h, "height", f"video {number}", path), _int(w, "width", f"video {number}", path)
         if vid in videos:
-            raise GlusError(f"video {number}: folder '{vid}' is used by another video", path)
+            raise GLUSError(f"video {number}: folder '{vid}' is used by another video", path)
         video = Video(vid, names, [image_root / by_file[n] for n in names], {}, h, w)
         videos[vid] = video
         by_number[number] = video
@@ -117,12 +117,12 @@ def read_instances(path: Path, split: str, image_root: Path) -> LvvisDataset:
     for aid, vnum, cid in anns:
         video = by_number.get(vnum)
         if video is None:
-            raise GlusError(f"annotation {aid} refers to unknown video id {vnum}", path)
+            raise GLUSError(f"annotation {aid} refers to unknown video id {vnum}", path)
         if cid not in categories:
-            raise GlusError(f"annotation {aid} refers to unknown category id {cid}", path)
+            raise GLUSError(f"annotation {aid} refers to unknown category id {cid}", path)
         n = entries[str(aid)].length
         if n != len(video.frame_names):
-            raise GlusError(f"annotation {aid} has {n} segmentations but video {vnum} ('{video.video_id}') has "
+            raise GLUSError(f"annotation {aid} has {n} segmentations but video {vnum} ('{video.video_id}') has "
                             f"{len(video.frame_names)} frames", path)
         groups.setdefault((vnum, cid), []).append(aid)
     for (vnum, cid), aids in groups.items():
@@ -152,7 +152,7 @@ def read_lvvis(split_dir: Path, split: str | None = None) -> LvvisDataset:
         split = "train" if "train" in found or not found else found[0]
     path = folder / f"{split}_instances.json"
     if not path.is_file():
-        raise GlusError(f"no {META} nor {split}_instances.json here (give the folder of the LV-VIS annotation "
+        raise GLUSError(f"no {META} nor {split}_instances.json here (give the folder of the LV-VIS annotation "
                         f"files)", folder)
     image_root = _first_dir(folder / "JPEGImages" / split, folder / split / "JPEGImages", folder / split)
     return read_instances(path, split, image_root)

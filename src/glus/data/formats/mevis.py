@@ -23,7 +23,7 @@ from glus.data.formats._meta import (frame_order, frame_paths, id_list, size_of,
                                      videos_of)
 from glus.data.formats._sources import RleEntry, RleMasks, RleStore, check_rle_lengths, summarize_rle_list
 from glus.data.records import Dataset, Expression, Video
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 logger = logging.getLogger(__name__)
 
@@ -70,22 +70,22 @@ def parse_mevis_meta(meta: Any, meta_path: Path, image_root: Path, *, type_ids: 
         height, width = size_of(vdata, vid, meta_path) if type_ids else (None, None)
         exps = vdata.get("expressions")
         if not isinstance(exps, dict):
-            raise GlusError(f"video '{vid}': \"expressions\" must be an object of exp_id -> expression", meta_path)
+            raise GLUSError(f"video '{vid}': \"expressions\" must be an object of exp_id -> expression", meta_path)
         expressions: dict[str, Expression] = {}
         for exp_id, edata in exps.items():
             where = f"video '{vid}', expression '{exp_id}'"
             if not isinstance(edata, dict):
-                raise GlusError(f"{where}: expected an object, got {type(edata).__name__}", meta_path)
+                raise GLUSError(f"{where}: expected an object, got {type(edata).__name__}", meta_path)
             text = text_of(edata, "exp", where, meta_path)
             obj_ids = id_list(edata.get("obj_id", []), "obj_id", where, meta_path)
             if "anno_id" not in edata and need_anno_ids:
-                raise GlusError(f"{where}: no \"anno_id\" list (needed to find its masks)", meta_path)
+                raise GLUSError(f"{where}: no \"anno_id\" list (needed to find its masks)", meta_path)
             anno_ids = tuple(str(a) for a in id_list(edata.get("anno_id", []), "anno_id", where, meta_path))
             type_id = None
             if type_ids and "type_id" in edata:
                 type_id = edata["type_id"]
                 if type_id not in (0, 1, 2) or isinstance(type_id, bool):
-                    raise GlusError(f"{where}: \"type_id\" must be 0 (referring), 1 (reasoning) or 2 (no "
+                    raise GLUSError(f"{where}: \"type_id\" must be 0 (referring), 1 (reasoning) or 2 (no "
                                     f"target), got {type_id!r}", meta_path)
             expressions[str(exp_id)] = Expression(vid, str(exp_id), text, obj_ids, anno_ids, type_id)
         videos[vid] = Video(vid, names, frame_paths(image_root, vid, names), expressions, height, width)
@@ -107,7 +107,7 @@ def _resolve(split_dir: Path, split: str | None) -> tuple[Path, str]:
         return split_dir, split or split_dir.name
     if split and (split_dir / split / META).is_file():
         return split_dir / split, split
-    raise GlusError(f"no {META} here (give the split folder, e.g. mevis/valid_u, or the MeViS root and a split)",
+    raise GLUSError(f"no {META} here (give the split folder, e.g. mevis/valid_u, or the MeViS root and a split)",
                     split_dir)
 
 

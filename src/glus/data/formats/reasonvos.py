@@ -21,7 +21,7 @@ from glus.data.formats._json import read_json
 from glus.data.formats._meta import frame_order, frame_paths, text_of, video_dict, videos_of
 from glus.data.formats._sources import BinaryPngMasks
 from glus.data.records import Dataset, Expression, Video, describe
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 META = "meta_expressions.json"
 ANNOTATIONS = "Annotations"
@@ -46,7 +46,7 @@ def read_reasonvos(split_dir: Path, split: str | None = None) -> ReasonVOSDatase
     root = Path(split_dir)
     meta_path = root / META
     if not meta_path.is_file():
-        raise GlusError(f"no {META} here (give the ReasonVOS folder)", root)
+        raise GLUSError(f"no {META} here (give the ReasonVOS folder)", root)
     videos: dict[str, Video] = {}
     sources: dict[str, str] = {}
     for vid, vdata in videos_of(read_json(meta_path), meta_path).items():
@@ -54,23 +54,23 @@ def read_reasonvos(split_dir: Path, split: str | None = None) -> ReasonVOSDatase
         names, _ = frame_order(vid, vdata.get("frames"), meta_path)
         source = vdata.get("source")
         if not isinstance(source, str) or not source:
-            raise GlusError(f"video '{vid}': missing \"source\" (it names the annotation folders)", meta_path)
+            raise GLUSError(f"video '{vid}': missing \"source\" (it names the annotation folders)", meta_path)
         sources[vid] = source
         exps = vdata.get("expressions")
         if not isinstance(exps, list):
-            raise GlusError(f"video '{vid}': \"expressions\" must be a list, got {describe(exps)}", meta_path)
+            raise GLUSError(f"video '{vid}': \"expressions\" must be a list, got {describe(exps)}", meta_path)
         expressions: dict[str, Expression] = {}
         for i, edata in enumerate(exps):
             where = f"video '{vid}', expression {i}"
             if not isinstance(edata, dict):
-                raise GlusError(f"{where}: expected an object, got {describe(edata)}", meta_path)
+                raise GLUSError(f"{where}: expected an object, got {describe(edata)}", meta_path)
             exp_id, obj_id = edata.get("exp_id"), edata.get("obj_id")
             for field, value in (("exp_id", exp_id), ("obj_id", obj_id)):
                 if isinstance(value, bool) or not isinstance(value, (int, str)):
-                    raise GlusError(f"{where}: \"{field}\" must be an id, got {describe(value)}", meta_path)
+                    raise GLUSError(f"{where}: \"{field}\" must be an id, got {describe(value)}", meta_path)
             exp_id = str(exp_id)
             if exp_id in expressions:
-                raise GlusError(f"video '{vid}': expression id '{exp_id}' is used twice", meta_path)
+                raise GLUSError(f"video '{vid}': expression id '{exp_id}' is used twice", meta_path)
             text = text_of(edata, "exp_text", where, meta_path)
             expressions[exp_id] = Expression(vid, exp_id, text, (obj_id,), ())
         videos[vid] = Video(vid, names, frame_paths(root / "JPEGImages", vid, names), expressions)

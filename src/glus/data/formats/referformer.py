@@ -31,7 +31,7 @@ from glus.data.formats._meta import frame_order, frame_paths, text_of, video_dic
 from glus.data.formats._sources import RleEntry, RleMasks, RleStore, PaletteMasks, check_rle_lengths
 from glus.data.formats._sources import load_mask_pickle, summarize_rle_list
 from glus.data.records import Dataset, Expression, Video
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +59,13 @@ def resolve(split_dir: Path, split: str | None) -> tuple[Path, str, Path]:
         split = split or "valid"
         meta = split_dir / "meta_expressions" / split / META
         if not meta.is_file():
-            raise GlusError(f"no meta_expressions/{split}/{META} here", split_dir)
+            raise GLUSError(f"no meta_expressions/{split}/{META} here", split_dir)
         return split_dir / split, split, meta
     split = split or split_dir.name
     for meta in (split_dir.parent / "meta_expressions" / split / META, split_dir / META):
         if meta.is_file():
             return split_dir, split, meta
-    raise GlusError(f"no meta_expressions/{split}/{META} beside this folder nor {META} in it (give the dataset "
+    raise GLUSError(f"no meta_expressions/{split}/{META} beside this folder nor {META} in it (give the dataset "
                     f"root and a split, or the split folder)", split_dir)
 
 
@@ -73,7 +73,7 @@ def test_video_ids(meta_path: Path, split: str, test_meta: Path | None) -> set[s
     """Ids of the 305 test videos that the Ref-YouTube-VOS valid meta also lists."""
     path = Path(test_meta) if test_meta is not None else meta_path.parent.parent / "test" / META
     if not path.is_file():
-        raise GlusError(f"the Ref-YouTube-VOS {split} meta also lists the 305 test videos, which are identified "
+        raise GLUSError(f"the Ref-YouTube-VOS {split} meta also lists the 305 test videos, which are identified "
                         f"by the test meta file; it is missing (pass test_meta=... or keep_test_videos=True)",
                         path)
     return set(videos_of(read_json(path), path))
@@ -82,7 +82,7 @@ def test_video_ids(meta_path: Path, split: str, test_meta: Path | None) -> set[s
 def read_referformer(cls: type[Dataset], split_dir: Path, split: str | None = None, *, masks: str = "auto",
                      test_meta: Path | None = None, keep_test_videos: bool = False) -> Dataset:
     if masks not in ("auto", "pkl", "png"):
-        raise GlusError(f"masks must be 'auto', 'pkl' or 'png', got {masks!r}")
+        raise GLUSError(f"masks must be 'auto', 'pkl' or 'png', got {masks!r}")
     folder, split, meta_path = resolve(Path(split_dir), split)
     raw = videos_of(read_json(meta_path), meta_path)
 
@@ -91,7 +91,7 @@ def read_referformer(cls: type[Dataset], split_dir: Path, split: str | None = No
     for vid in sorted(raw):
         exps = video_dict(vid, raw[vid], meta_path).get("expressions")
         if not isinstance(exps, dict):
-            raise GlusError(f"video '{vid}': \"expressions\" must be an object of exp_id -> expression", meta_path)
+            raise GLUSError(f"video '{vid}': \"expressions\" must be an object of exp_id -> expression", meta_path)
         for exp_id in sorted(str(e) for e in exps):
             anno_of[(vid, exp_id)] = str(len(anno_of))
 
@@ -100,9 +100,9 @@ def read_referformer(cls: type[Dataset], split_dir: Path, split: str | None = No
     use_pkl = masks == "pkl" or (masks == "auto" and pkl.is_file())
     use_png = not use_pkl and (masks == "png" or png.is_dir())
     if masks == "pkl" and not pkl.is_file():
-        raise GlusError("mask file not found", pkl)
+        raise GLUSError("mask file not found", pkl)
     if masks == "png" and not png.is_dir():
-        raise GlusError("annotation folder not found", png)
+        raise GLUSError("annotation folder not found", png)
 
     exclude: set[str] = set()
     if cls is RefYouTubeVOSDataset and split == "valid" and not keep_test_videos:
@@ -121,11 +121,11 @@ def read_referformer(cls: type[Dataset], split_dir: Path, split: str | None = No
             exp_id = str(exp_id)
             where = f"video '{vid}', expression '{exp_id}'"
             if not isinstance(edata, dict):
-                raise GlusError(f"{where}: expected an object, got {type(edata).__name__}", meta_path)
+                raise GLUSError(f"{where}: expected an object, got {type(edata).__name__}", meta_path)
             text = text_of(edata, "exp", where, meta_path)
             obj_id = edata.get("obj_id")
             if use_png and (obj_id is None or isinstance(obj_id, (list, dict, bool))):
-                raise GlusError(f"{where}: \"obj_id\" must be one object id (the pixel value in {ANNOTATIONS}), "
+                raise GLUSError(f"{where}: \"obj_id\" must be one object id (the pixel value in {ANNOTATIONS}), "
                                 f"got {obj_id!r}", meta_path)
             obj_ids = () if obj_id is None else (obj_id,)
             anno_ids = (anno_of[(vid, exp_id)],) if use_pkl else ()

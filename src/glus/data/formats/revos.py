@@ -23,7 +23,7 @@ from glus.data.formats._json import iter_members, load_span, read_json
 from glus.data.formats.mevis import attach_mask_dict, parse_mevis_meta
 from glus.data.masks import decode_rle
 from glus.data.records import Dataset, LRUCache, Video
-from glus.errors import GlusError
+from glus.errors import GLUSError
 
 MASKS = "mask_dict.json"
 FOREGROUND = "mask_dict_foreground.json"
@@ -44,12 +44,12 @@ class RevosDataset(Dataset):
 
     def _foreground_rles(self, video_id: str) -> list:
         if self.foreground_path is None:
-            raise GlusError(f"no {FOREGROUND} beside the annotations", self.root)
+            raise GLUSError(f"no {FOREGROUND} beside the annotations", self.root)
         path = self.foreground_path
         if self._fg_spans is None:  # indexed on first use: only the evaluator needs it
             self._fg_spans = {m.key: (m.start, m.end) for m in iter_members(path)}
         if video_id not in self._fg_spans:
-            raise GlusError(f"no foreground masks for video '{video_id}'", path)
+            raise GLUSError(f"no foreground masks for video '{video_id}'", path)
 
         def load() -> list:
             entry = load_span(path, *self._fg_spans[video_id])
@@ -57,7 +57,7 @@ class RevosDataset(Dataset):
             n = len(self.videos[video_id].frame_names)
             if not isinstance(rles, list) or len(rles) != n:
                 got = f"{len(rles)} masks" if isinstance(rles, list) else "no \"masks_rle\" list"
-                raise GlusError(f"video '{video_id}': {got} for {n} frames", path)
+                raise GLUSError(f"video '{video_id}': {got} for {n} frames", path)
             return rles
 
         return self._fg_cache.get_or_create(video_id, load)
@@ -88,7 +88,7 @@ class RevosDataset(Dataset):
 def _resolve(split_dir: Path, split: str | None) -> tuple[Path, str]:
     if split is not None:
         if not (split_dir / meta_name(split)).is_file():
-            raise GlusError(f"no {meta_name(split)} here (give the ReVOS folder)", split_dir)
+            raise GLUSError(f"no {meta_name(split)} here (give the ReVOS folder)", split_dir)
         return split_dir, split
     if (split_dir / meta_name("valid")).is_file():
         return split_dir, "valid"
@@ -96,8 +96,8 @@ def _resolve(split_dir: Path, split: str | None) -> tuple[Path, str]:
     if len(found) == 1:
         return split_dir, found[0][len("meta_expressions_"):-len("_.json")]
     if not found:
-        raise GlusError("no meta_expressions_<split>_.json here (give the ReVOS folder)", split_dir)
-    raise GlusError(f"several splits here ({', '.join(found)}): name one", split_dir)
+        raise GLUSError("no meta_expressions_<split>_.json here (give the ReVOS folder)", split_dir)
+    raise GLUSError(f"several splits here ({', '.join(found)}): name one", split_dir)
 
 
 def read_revos(split_dir: Path, split: str | None = None) -> RevosDataset:

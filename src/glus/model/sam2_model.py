@@ -3,10 +3,10 @@ prompt, and the memory written for later frames.
 
 What it computes (GLUS-video/GLUS ``get_visual_embs`` + ``evaluate``, SAM 2.0 as ``build_sam2`` makes it):
 
-1. :meth:`Sam2Head.encode_image`: Hiera + FPN on the 1024x1024 frame -> features at S/4, S/8, S/16; the two
+1. :meth:`Sam2Model.encode_image`: Hiera + FPN on the 1024x1024 frame -> features at S/4, S/8, S/16; the two
    high-resolution levels go through the mask decoder's ``conv_s0`` / ``conv_s1``. Computed once per frame and
    shared by every expression of the video.
-2. :meth:`Sam2Head.decode`, per expression: the S/16 features get ``no_mem_embed`` added when the expression's
+2. :meth:`Sam2Model.decode`, per expression: the S/16 features get ``no_mem_embed`` added when the expression's
    memory bank offers nothing, otherwise memory attention over the selected memories (:mod:`memory_bank`) with
    their raw ``maskmem_pos_enc`` (no temporal encoding, no object pointers). The mask decoder runs with the
    [SEG] embedding as the only sparse token and ``no_mask_embed`` as the dense prompt, ``multimask_output=False``;
@@ -104,7 +104,7 @@ class Sam2ImageFeatures:
 
 @dataclass
 class Sam2DecodeOutput:
-    """What :meth:`Sam2Head.decode` returns for B entries (expressions).
+    """What :meth:`Sam2Model.decode` returns for B entries (expressions).
 
     Attributes:
         low_res_logits: ``[B, 1, S/4, S/4]`` mask logits of the chosen token.
@@ -138,14 +138,14 @@ class Sam2DecodeOutput:
 
 @dataclass
 class Sam2LoadReport:
-    """Result of :meth:`Sam2Head.load_meta_state_dict` (Meta names, without prefix)."""
+    """Result of :meth:`Sam2Model.load_meta_state_dict` (Meta names, without prefix)."""
 
     missing_keys: list[str]
     unexpected_keys: list[str]
     fuser_gamma_replaced: list[str]
 
 
-class Sam2Head(nn.Module):
+class Sam2Model(nn.Module):
     """SAM-2 as GLUS uses it; see the module docstring. Build from a :class:`Sam2Config`.
 
     Submodules (Meta's names at top level): ``image_encoder`` (Hiera + FPN), ``sam_prompt_encoder``,

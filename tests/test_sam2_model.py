@@ -1,4 +1,4 @@
-"""SAM-2 head: config from Meta's yaml, Meta key layout (tiny and Hiera-L), loading/saving, decode API."""
+"""SAM-2 (Sam2Model): config from Meta's yaml, Meta key layout (tiny and Hiera-L), loading/saving, decode API."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from glus.config import glus_7b, tiny
-from glus.errors import GlusError
+from glus.errors import GLUSError
 from glus.model.memory_bank import MemoryBank
-from glus.model.sam2_head import IMAGE_MEAN, IMAGE_STD, Sam2Head, preprocess_frame
+from glus.model.sam2_model import IMAGE_MEAN, IMAGE_STD, Sam2Model, preprocess_frame
 from glus.model.sam2_keys import Sam2KeyMap, apply_fuser_gamma_compat
 from glus.model.sam2_yaml import sam2_config_from_mapping, sam2_config_from_yaml
 
@@ -62,24 +62,24 @@ def test_hiera_l_yaml_gives_glus_7b_preset() -> None:
 
 
 def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(GlusError, match="missing.yaml"):
+    with pytest.raises(GLUSError, match="missing.yaml"):
         sam2_config_from_yaml(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     doc = yaml.safe_load((REF / "sam2_tiny.yaml").read_text())
     doc["model"]["image_encoder"]["neck"]["fpn_interp_model"] = "bilinear"
     bad.write_text(yaml.safe_dump(doc))
-    with pytest.raises(GlusError, match=r"bad\.yaml.*fpn_interp_model"):
+    with pytest.raises(GLUSError, match=r"bad\.yaml.*fpn_interp_model"):
         sam2_config_from_yaml(bad)
     doc = yaml.safe_load((REF / "sam2_tiny.yaml").read_text())
     doc["model"]["memory_attention"]["layer"]["cross_attention"]["kv_in_dim"] = 64
-    with pytest.raises(GlusError, match="kv_in_dim"):
+    with pytest.raises(GLUSError, match="kv_in_dim"):
         sam2_config_from_mapping(doc, source="x.yaml")
     doc = yaml.safe_load((REF / "sam2_tiny.yaml").read_text())
     doc["model"]["num_maskmem"] = "seven"
-    with pytest.raises(GlusError, match="num_maskmem"):
+    with pytest.raises(GLUSError, match="num_maskmem"):
         sam2_config_from_mapping(doc, source="x.yaml")
     (tmp_path / "broken.yaml").write_text("model: [unclosed")
-    with pytest.raises(GlusError, match="broken.yaml"):
+    with pytest.raises(GLUSError, match="broken.yaml"):
         sam2_config_from_yaml(tmp_path / "broken.yaml")
 
 
@@ -98,7 +98,7 @@ def meta_sd() -> dict[str, torch.Tensor]:
 
 
 def test_load_stored_roundtrips_exactly(meta_sd: dict[str, torch.Tensor]) -> None:
-    head = Sam2Head(tiny().sam2)
+    head = Sam2Model(tiny().sam2)
     report = head.load_meta_state_dict(meta_sd, compat="stored")
     assert report.missing_keys == [] and report.unexpected_keys == [] and report.fuser_gamma_replaced == []
     saved = head.state_dict()
@@ -107,7 +107,7 @@ def test_load_stored_roundtrips_exactly(meta_sd: dict[str, torch.Tensor]) -> Non
 
 
 def test_load_official_keeps_fuser_gamma_at_init(meta_sd: dict[str, torch.Tensor]) -> None:
-    head = Sam2Head(tiny().sam2)
+    head = Sam2Model(tiny().sam2)
     head.load_meta_state_dict(meta_sd, compat="stored")  # a previous load must not leak into "official"
     partial = {k: v for k, v in meta_sd.items() if not k.endswith(".gamma")}
     report = head.load_meta_state_dict(partial, compat="official")
@@ -127,7 +127,7 @@ def test_nested_state_dict_and_reports_use_meta_names(meta_sd: dict[str, torch.T
         def __init__(self) -> None:
             super().__init__()
             self.model = nn.Module()
-            self.model.visual_model = Sam2Head(tiny().sam2)
+            self.model.visual_model = Sam2Model(tiny().sam2)
 
     outer = Outer()
     full = {f"model.visual_model.{k}": v for k, v in meta_sd.items()}
@@ -154,7 +154,7 @@ def test_shape_mismatch_names_the_meta_key(meta_sd: dict[str, torch.Tensor]) -> 
     bad = dict(meta_sd)
     bad["memory_attention.layers.0.cross_attn_image.k_proj.weight"] = torch.zeros(32, 64)
     with pytest.raises(ValueError, match=r"cross_attn_image\.k_proj\.weight: file \(32, 64\) vs model \(32, 16\)"):
-        Sam2Head(tiny().sam2).load_meta_state_dict(bad, compat="stored")
+        Sam2Model(tiny().sam2).load_meta_state_dict(bad, compat="stored")
 
 
 def test_key_map_detects_collisions() -> None:
@@ -179,9 +179,9 @@ def test_preprocess_frame() -> None:
 
 
 @pytest.fixture(scope="module")
-def head() -> Sam2Head:
+def head() -> Sam2Model:
     torch.manual_seed(0)
-    h = Sam2Head(tiny().sam2).eval()
+    h = Sam2Model(tiny().sam2).eval()
     with torch.no_grad():  # make the random decoder's logits span both signs
         for mlp in h.sam_mask_decoder.output_hypernetworks_mlps:
             mlp.proj_out.weight.mul_(100)
@@ -189,13 +189,13 @@ def head() -> Sam2Head:
 
 
 @pytest.fixture(scope="module")
-def features(head: Sam2Head):
+def features(head: Sam2Model):
     torch.manual_seed(1)
     pixels = torch.randn(2, 3, 1024, 1024)
     return head.encode_image(pixels)
 
 
-def test_encode_image_shapes(head: Sam2Head, features) -> None:
+def test_encode_image_shapes(head: Sam2Model, features) -> None:
     assert features.image_embed.shape == (2, 32, 64, 64) and features.image_pos.shape == (2, 32, 64, 64)
     assert features.high_res[0].shape == (2, 4, 256, 256) and features.high_res[1].shape == (2, 8, 128, 128)
     assert not features.image_embed.requires_grad  # no_grad by default
@@ -213,7 +213,7 @@ def _prompts(n: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_decode_first_step_and_memory(head: Sam2Head, features) -> None:
+def test_decode_first_step_and_memory(head: Sam2Model, features) -> None:
     frame = features.frame(0)
     bank = MemoryBank()
     out = head.decode(frame, _prompts(1, 0), bank, 0, 3, (96, 128))
@@ -237,7 +237,7 @@ def test_decode_first_step_and_memory(head: Sam2Head, features) -> None:
 
 
 @torch.no_grad()
-def test_decode_memory_selection_and_batching(head: Sam2Head, features) -> None:
+def test_decode_memory_selection_and_batching(head: Sam2Model, features) -> None:
     """Two expressions in one call equal two separate calls; a bank missing a step is grouped separately."""
     frame = features.frame(0)
     prompts = _prompts(2, 1)
@@ -267,7 +267,7 @@ def test_decode_memory_selection_and_batching(head: Sam2Head, features) -> None:
 
 
 @torch.no_grad()
-def test_decode_per_entry_frames_and_no_bank(head: Sam2Head, features) -> None:
+def test_decode_per_entry_frames_and_no_bank(head: Sam2Model, features) -> None:
     prompts = _prompts(2, 2)
     per_frame = head.decode(features, prompts, None, 5, 3, (32, 32))
     first = head.decode(features.frame(0), prompts[:1], None, 5, 3, (32, 32))
@@ -279,7 +279,7 @@ def test_decode_per_entry_frames_and_no_bank(head: Sam2Head, features) -> None:
     assert len(bank) == 0
 
 
-def test_decode_rejects_bad_inputs(head: Sam2Head, features) -> None:
+def test_decode_rejects_bad_inputs(head: Sam2Model, features) -> None:
     frame = features.frame(0)
     bank = MemoryBank()
     with pytest.raises(ValueError, match="prompt_embedding"):
@@ -292,7 +292,7 @@ def test_decode_rejects_bad_inputs(head: Sam2Head, features) -> None:
         head.decode(features, torch.zeros(3, 1, 32), None, 0, 3, (8, 8))
 
 
-def test_mask_decoder_dynamic_choice(head: Sam2Head) -> None:
+def test_mask_decoder_dynamic_choice(head: Sam2Model) -> None:
     decoder = head.sam_mask_decoder
     logits = torch.full((2, 1, 4, 8, 8), 5.0)
     logits[0, 0, 0, :4] = 0.01  # token 0 of entry 0: half its area sits inside (-0.05, 0.05): unstable
@@ -307,7 +307,7 @@ def test_mask_decoder_dynamic_choice(head: Sam2Head) -> None:
 
 def test_train_mode_single_token_and_gradients(features) -> None:
     torch.manual_seed(0)
-    head = Sam2Head(tiny().sam2).train()
+    head = Sam2Model(tiny().sam2).train()
     frame = features.frame(0)
     bank = MemoryBank()
     with torch.no_grad():
