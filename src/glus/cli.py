@@ -23,7 +23,7 @@ COMMANDS = ("evaluate", "submit", "segment", "convert", "infer", "train", "data"
 def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
     """The ``glus`` parser with every sub-command of :data:`COMMANDS`, then those ``extra`` functions register."""
     parser = argparse.ArgumentParser(
-        prog="glus", description="GLUS referring video object segmentation: segment videos from sentences, run and "
+        prog="glus", description="GLUS referring video object segmentation: segment videos from sentences, train, run and "
                                  "score benchmarks, convert checkpoints.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
