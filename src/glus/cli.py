@@ -53,6 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             exc = exc.named(flag_names(_command_parser(parser, args.command)))
         print(f"glus {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # The machine refused a read or write the checks could not foresee (a full disk, a read-only file system, a
+        # path through a regular file): one line naming the file, as for any user error. Writers are atomic, so
+        # nothing half-written is left behind.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"glus {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"glus {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -22,6 +22,7 @@ import numpy as np
 
 from glus.data.masks import encode_rle, read_mask_png
 from glus.data.video import open_video
+from glus.distributed import check_device, resolve_device
 from glus.errors import GLUSError, ParameterError
 from glus.inference.frames import FrameStore
 from glus.inference.keyframes import KeyFrame, parse_key_frame
@@ -78,6 +79,10 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
     key_frame = parse_key_frame(key_frame)
     if stride < 1 or (max_frames is not None and max_frames < 1) or start < 0:
         raise ParameterError("{stride} and {max_frames} must be >= 1, {start} >= 0")
+    if max_batch < 1:
+        raise ParameterError(f"{{max_batch}} must be >= 1, got {max_batch}")
+    device = resolve_device(device)
+    check_device(device)  # a missing GPU costs a second, not a model load
     out = ensure_writable_dir(out_dir)
     source = open_video(video, start=start, stride=stride, max_frames=max_frames)
     if source.num_frames == 0:
