@@ -19,7 +19,6 @@ import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 
@@ -27,6 +26,7 @@ from glus.data.formats import load_dataset
 from glus.data.records import Dataset, Video
 from glus.data.sampling import min_training_frames, sample_training_frames
 from glus.data.training import TrainingSample
+from glus.data.video import read_image_rgb
 from glus.errors import GLUSError
 from glus.model.sam2_model import preprocess_frame
 from glus.model.vision_tower import clip_pixel_values
@@ -43,13 +43,6 @@ class _Source:
     spec: DataSource
     dataset: Dataset
     videos: list[Video]
-
-
-def _read_rgb(path: str) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise GLUSError("frame image missing or unreadable", path)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class TrainingSet(torch.utils.data.Dataset):
@@ -105,7 +98,7 @@ class TrainingSet(torch.utils.data.Dataset):
                                                         replace=False).tolist())]
         b = self.builder
         frames = sample_training_frames(len(video.frame_names), b.context_frames, b.query_frames, rng)
-        images = {t: _read_rgb(video.frame_paths[t]) for t in set(frames.all)}
+        images = {t: read_image_rgb(video.frame_paths[t]) for t in set(frames.all)}
         sizes = {images[t].shape[:2] for t in images}
         if len(sizes) != 1:
             raise GLUSError(f"video {video.video_id}: frames of different sizes {sorted(sizes)}",

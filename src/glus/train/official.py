@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import cv2
 import numpy as np
 import torch
 
@@ -31,6 +30,7 @@ from glus.data.masks import decode_rle
 from glus.errors import GLUSError
 from glus.fileio import read_json_object
 from glus.data.training import TrainingSample
+from glus.data.video import read_image_rgb
 from glus.model.glus import GLUSModel
 from glus.model.losses import ContrastiveConfig, GLUSLossWeights, ObjectContrastiveLoss, SegEntryMeta, object_set_key
 from glus.model.adapters import apply_lora
@@ -207,14 +207,7 @@ class OfficialTrainStep:
 
     # ------------------------------------------------------------------ batch
     def _frames(self) -> list[np.ndarray]:
-        frames = []
-        for frame in self.dataset["frames"]:
-            path = self.folder / "frames" / f"{frame}.png"
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                raise GLUSError("frame image missing or unreadable", path)
-            frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-        return frames
+        return [read_image_rgb(self.folder / "frames" / f"{frame}.png") for frame in self.dataset["frames"]]
 
     def _objects(self) -> dict[tuple[str, str], list]:
         videos = self.dataset["meta_expressions_json"]["videos"]

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from glus.errors import GLUSError
+from glus.eval.report import write_csv
 from glus.fileio import atomic_write_bytes, atomic_write_json, read_json_object
 from glus.model.glus import GLUSModel, TrainForward
 from glus.model.losses import ContrastiveConfig, GLUSLossWeights, ObjectContrastiveLoss
@@ -499,25 +500,13 @@ class _TrainLog:
             with open(path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) < step]
         rows.append({"step": step, **scores})
-        import io
-
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["step", "J", "F", "J&F"])
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_bytes(path, buf.getvalue().encode())
+        write_csv(path, rows, ["step", "J", "F", "J&F"])
         if self.board is not None:
             for key, value in scores.items():
                 self.board.add_scalar(f"val/{key}", value, step)
 
     def flush(self) -> None:
-        import io
-
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_bytes(self.path, buf.getvalue().encode())
+        write_csv(self.path, self.rows, LOG_COLUMNS)
         if self.board is not None:
             self.board.flush()
 
