@@ -395,3 +395,23 @@ def test_concurrent_shards_keep_every_summary_entry(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [SUMMARY_NAME]
     with pytest.raises(GLUSError, match=r"other settings \(model: 'm' then, 'other' now\)"):
         update_summary(tmp_path, {**settings, "model": "other"}, Shard(0, 8), {}, {})
+
+
+def test_full_disk_mid_run_is_one_line_and_resumes(split: Path, single_run: Path, model_args: list[str],
+                                                   tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_user_errors import fill_disk_after
+
+    out = tmp_path / "pred"
+    with monkeypatch.context() as patch:
+        fill_disk_after(patch, writes=30)  # in the second video's masks
+        rc = infer(split, out, model_args)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and line.startswith("glus infer: error: ") and line.endswith(": No space left on device"), line
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # half-written files removed
+    done_before = sum(1 for _ in out.rglob(DONE_MARKER))
+    assert done_before >= 3  # the first video's expressions are complete and kept
+
+    assert infer(split, out, model_args) == 0  # space freed: the run picks up where it stopped
+    assert tree(out) == tree(single_run)
+    assert read_summary(out)["totals"]["expressions_done_before"] == done_before

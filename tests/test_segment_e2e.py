@@ -51,6 +51,10 @@ def test_segment_mp4_end_to_end(official_tiny, bedroom_mp4, tmp_path):
 @pytest.mark.parametrize("case,needle", [
     ("corrupt", "corrupt"), ("empty_expression", "empty"), ("key_frame", "--key-frame"),
     ("missing", "not"), ("empty_folder", "no"),
+    # A shell hands undecodable bytes to Python as lone surrogates; no tokenizer can encode them.
+    ("surrogate", "not valid utf-8 text: character 5 is an undecodable byte 0xff"),
+    ("image_token", "contains '<image>', one of the model's own prompt tokens"),
+    ("seg_token", "contains '[seg]', one of the model's own prompt tokens"),
 ])
 def test_segment_bad_input_is_one_line(official_tiny, tmp_path, capsys, case, needle):
     video = tmp_path / "video.mp4"
@@ -67,6 +71,12 @@ def test_segment_bad_input_is_one_line(official_tiny, tmp_path, capsys, case, ne
         encode_mp4(video, np.zeros((3, 16, 16, 3), np.uint8))
         if case == "empty_expression":
             expression = "   "
+        elif case == "surrogate":
+            expression = "the b\udcffed"
+        elif case == "image_token":
+            expression = "the bed in <image>"
+        elif case == "seg_token":
+            expression = "the bed [SEG]"
         else:
             extra = ["--key-frame", "7"]
     rc = main(["segment", str(video), "-e", expression, "--out", str(tmp_path / "out"), *extra,
@@ -75,6 +85,18 @@ def test_segment_bad_input_is_one_line(official_tiny, tmp_path, capsys, case, ne
     assert rc == 2
     assert len(err.splitlines()) == 1 and needle in err.lower() and "Traceback" not in err
     assert not (tmp_path / "out" / "0").exists()  # nothing written
+
+
+def test_tabs_and_newlines_are_words(official_tiny, tmp_path):
+    """Control characters are text to the tokenizer (as in the authors' code): segmented, and kept verbatim."""
+    video = encode_mp4(tmp_path / "v.mp4", np.zeros((3, 32, 32, 3), np.uint8))
+    out = tmp_path / "out"
+    expressions = ["the bed\tby the window", "the lamp\non the left"]
+    rc = main(["segment", str(video), *[a for e in expressions for a in ("-e", e)], "--out", str(out),
+               "--no-overlay", *_model_args(official_tiny)])
+    assert rc == 0
+    assert json.loads((out / "expressions.json").read_text()) == {"0": expressions[0], "1": expressions[1]}
+    assert all(len(list((out / str(i)).glob("*.png"))) == 3 for i in range(2))
 
 
 def test_quantized_loading_needs_cuda(official_tiny, tmp_path, capsys):

@@ -22,7 +22,9 @@ COMMANDS = ("evaluate", "submit", "segment", "convert", "infer", "train", "data"
 
 def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
     """The ``glus`` parser with every sub-command of :data:`COMMANDS`, then those ``extra`` functions register."""
-    parser = argparse.ArgumentParser(
+    from glus.commands import OneLineParser
+
+    parser = OneLineParser(
         prog="glus", description="GLUS referring video object segmentation: segment videos from sentences, train, run and "
                                  "score benchmarks, convert checkpoints.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -41,7 +43,10 @@ def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.A
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a refused argument (2, its one line already printed)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -41,6 +41,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename != tmp:
+            raise
+        # A refused write of the temporary file (a full disk) is the file the caller asked for to the user.
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -130,6 +130,40 @@ class PromptBuilder:
             raise ValueError(f"need context_frames >= 0 and query_frames >= 1, got "
                              f"{self.context_frames} and {self.query_frames}")
 
+    def markers(self, tokenizer=None) -> list[str]:
+        """The strings an expression may not hold: the prompt's frame and ``[SEG]`` tokens, LLaMA's ``<s>``,
+        ``</s>``, ``<unk>``, and every added or special token of ``tokenizer`` when one is given."""
+        found = [self.image_token, self.im_start_token, self.im_end_token, self.seg_token, "<s>", "</s>", "<unk>"]
+        if tokenizer is not None:
+            found += [*tokenizer.added_tokens_encoder, *tokenizer.all_special_tokens]
+        return list(dict.fromkeys(found))
+
+    def check_expression(self, index: int, text: str, tokenizer=None) -> None:
+        """Raise :class:`~glus.errors.GLUSError` (one line, naming expression ``index``) if ``text`` cannot be an
+        expression.
+
+        Any Unicode text is tokenised as it is (tabs, newlines and other control characters included, as the
+        authors' code does). Refused: empty or white-space-only text; characters that are not text (a shell's
+        undecodable bytes reach Python as lone surrogates, which no tokenizer can encode); and the prompt's own
+        :meth:`markers`, which inside an expression would be read as a frame, a segmentation answer or the end of
+        the turn rather than as words.
+        """
+        from glus.errors import GLUSError
+
+        if not text or not text.strip():
+            raise GLUSError(f"expression {index} is empty")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(text[exc.start])
+            what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+            raise GLUSError(f"expression {index} is not valid UTF-8 text: character {exc.start} is an undecodable "
+                            f"{what}") from None
+        found = next((m for m in self.markers(tokenizer) if m in text), None)
+        if found is not None:
+            raise GLUSError(f"expression {index} contains {found!r}, one of the model's own prompt tokens; remove "
+                            "it or write it otherwise")
+
     @property
     def image_placeholder(self) -> str:
         """One frame in the text: ``<im_start><image><im_end>`` (or ``<image>`` without start/end tokens)."""

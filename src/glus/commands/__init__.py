@@ -30,6 +30,40 @@ def transformers_progress_bars_off() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def at_least(low: int):
+    """An argparse ``type`` for integers ``>= low``: a bad value is refused at parse time, before anything loads,
+    as ``--max-batch must be >= 1, got 0``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"  # what argparse calls the type in its messages
+    return parse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (the command, the option and the problem) and a pointer to
+    ``--help``, exit status 2: the same shape as every other user error of glus, where argparse would print its
+    usage block first."""
+
+    def error(self, message: str):  # type: ignore[override]
+        import sys
+
+        # argparse writes "argument --max-batch: must be >= 1"; the rest of glus writes "--max-batch must be >= 1".
+        if message.startswith("argument ") and ": " in message:
+            flags, _, problem = message[len("argument "):].partition(": ")
+            flag = max(flags.split("/"), key=len)
+            message = f"{flag} {problem}" if problem.startswith("must ") else f"{flag}: {problem}"
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     """``{dest: "--long-flag"}`` for the options of ``parser``: the names a library parameter has on this command."""
     return {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}

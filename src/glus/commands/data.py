@@ -6,36 +6,21 @@ import argparse
 
 from rich.console import Console
 
+from glus.commands import at_least
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="datasets: write the synthetic RefVOS benchmark")
     actions = p.add_subparsers(dest="data_command", required=True)
     synth = actions.add_parser("synth", help="train / val / test splits of tiered synthetic clips (MeViS layout)")
     synth.add_argument("out", help="folder to write train/, val/, test/ into")
-    synth.add_argument("--videos", type=_positive, nargs="+", default=[100, 25, 25], metavar="N",
+    synth.add_argument("--videos", type=at_least(1), nargs="+", default=[100, 25, 25], metavar="N",
                        help="videos per split: one number for all, or three (train val test); default 100 25 25")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--frames", type=_at_least(4), default=12, help="frames per video (default 12)")
-    synth.add_argument("--size", type=_positive, nargs=2, default=[64, 96], metavar=("H", "W"),
+    synth.add_argument("--frames", type=at_least(4), default=12, help="frames per video (default 12)")
+    synth.add_argument("--size", type=at_least(1), nargs=2, default=[64, 96], metavar=("H", "W"),
                        help="frame size (default 64 96)")
     synth.set_defaults(func=run_synth)
-
-
-def _positive(text: str) -> int:
-    return _at_least(1)(text)
-
-
-def _at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from glus.commands import at_least
 from glus.data.formats import DATASET_NAMES
 
 
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="davis17: 'visa' (GLUS / VISA, mask_dict.pkl; default) or 'referformer' (DAVIS "
                         "unsupervised toolkit over the four annotator sets); others have one")
     p.add_argument("--output", required=True, help="RESULT.json to write (a per-expression CSV goes beside it)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=at_least(1), default=1)
     p.add_argument("--per-frame", action="store_true", help="also write per-frame J and F")
     p.add_argument("--official-drop-missing", action="store_true",
                    help="reproduce the official evaluator: silently drop missing or mis-sized predictions")

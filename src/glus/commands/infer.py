@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from glus.commands import add_model_arguments
+from glus.commands import add_model_arguments, at_least
 from glus.data.formats import DATASET_NAMES
 
 logger = logging.getLogger(__name__)
@@ -27,10 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(for expressions the key-frame file does not list)")
     p.add_argument("--key-frame-json", default=None,
                    help='released key-frame file {"<video>_<exp_id>": "<frame>"}')
-    p.add_argument("--num-shards", type=int, default=None, help="split the videos into N shards (with --shard-index)")
-    p.add_argument("--shard-index", type=int, default=None, help="the shard this process runs, 0..N-1")
-    p.add_argument("--max-batch", type=int, default=16, help="most prompts per LLM call")
-    p.add_argument("--limit-videos", type=int, default=None, help="only the first N videos of the split")
+    p.add_argument("--num-shards", type=at_least(1), default=None, help="split the videos into N shards (with --shard-index)")
+    p.add_argument("--shard-index", type=at_least(0), default=None, help="the shard this process runs, 0..N-1")
+    p.add_argument("--max-batch", type=at_least(1), default=16, help="most prompts per LLM call")
+    p.add_argument("--limit-videos", type=at_least(1), default=None, help="only the first N videos of the split")
     p.set_defaults(func=run)
 
 

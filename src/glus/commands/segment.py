@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from glus.commands import add_model_arguments
+from glus.commands import add_model_arguments, at_least
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--mode", default="fast", choices=("fast", "reference"),
                    help="fast path (default) or the released per-frame protocol; both give the same masks")
-    p.add_argument("--stride", type=int, default=1, help="use every N-th frame")
-    p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
-    p.add_argument("--start", type=int, default=0, help="first frame to use")
-    p.add_argument("--max-batch", type=int, default=16, help="most prompts per LLM call")
+    p.add_argument("--stride", type=at_least(1), default=1, help="use every N-th frame")
+    p.add_argument("--max-frames", type=at_least(1), default=None, help="use at most this many frames")
+    p.add_argument("--start", type=at_least(0), default=0, help="first frame to use")
+    p.add_argument("--max-batch", type=at_least(1), default=16, help="most prompts per LLM call")
     p.add_argument("--rle", action="store_true", help="also write masks_rle.json (COCO RLE)")
     p.add_argument("--no-overlay", action="store_true", help="do not draw the overlay video")
     p.set_defaults(func=run)

@@ -326,7 +326,9 @@ class GLUSPipeline:
         return cls(model, tokenizer, **kwargs)
 
     def check_expressions(self, expressions: Sequence[str]) -> None:
-        """One-line errors for expressions the model cannot take: empty, or too long for its context window.
+        """One-line errors for expressions the model cannot take: what
+        :meth:`glus.prompts.PromptBuilder.check_expression` refuses (empty, not text, holding one of the model's own
+        tokens), or too long for its context window.
 
         The longest prompt holds the context frames and ``query_frames`` turns, each repeating the expression;
         it must fit the LLM's ``max_position_embeddings``.
@@ -339,8 +341,7 @@ class GLUSPipeline:
         builder = PromptBuilder.from_config(self.model.config)
         limit = self.model.config.text.max_position_embeddings
         for i, text in enumerate(expressions):
-            if not text or not text.strip():
-                raise GLUSError(f"expression {i} is empty")
+            builder.check_expression(i, text, self.tokenizer)
             past = [builder.inference_answer(True)] * (builder.query_frames - 1)
             ids = tokenizer_image_token(builder.inference_prompt(text, past), self.tokenizer, builder.image_token,
                                         builder.image_token_index)

@@ -13,6 +13,8 @@ checked before the model is loaded, and reported on one line.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +28,9 @@ from glus.distributed import check_device, resolve_device
 from glus.errors import GLUSError, ParameterError
 from glus.inference.frames import FrameStore
 from glus.inference.keyframes import KeyFrame, parse_key_frame
-from glus.inference.writers import (PngMaskSink, ensure_writable_dir, segment_dir, write_expressions_json,
-                                    write_rle_json)
+from glus.inference.writers import (PngMaskSink, ensure_writable_dir, publish_folder, segment_dir,
+                                    write_expressions_json, write_rle_json)
+from glus.prompts import PromptBuilder
 
 __all__ = ["SegmentOutput", "segment_to_folder"]
 
@@ -73,9 +76,8 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
         GLUSError: bad input, always before the model is loaded (except problems of the checkpoint itself).
     """
     expressions = [e.strip() for e in expressions]
-    for i, text in enumerate(expressions):
-        if not text:
-            raise GLUSError(f"expression {i} is empty")
+    for i, text in enumerate(expressions):  # the model's own tokens are checked again once its tokenizer is loaded
+        PromptBuilder().check_expression(i, text)
     key_frame = parse_key_frame(key_frame)
     if stride < 1 or (max_frames is not None and max_frames < 1) or start < 0:
         raise ParameterError("{stride} and {max_frames} must be >= 1, {start} >= 0")
@@ -96,17 +98,29 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
     started = time.perf_counter()
     pipe = GLUSPipeline.from_pretrained(model, vision_tower=vision_tower, sam2_config=sam2_config, compat=compat,
                                         device=device, dtype=dtype, load_in_bits=load_in_bits, max_batch=max_batch)
-    with FrameStore(source) as frames:
-        pipe.check_expressions(expressions)
-        sink = _PngAndRleSink(PngMaskSink([segment_dir(out, i) for i in range(len(expressions))],
-                                          frames.frame_names), frames.frame_names, keep_rle=rle)
-        pipe(frames, expressions, key_frame, mode=mode, sink=sink)
-        write_expressions_json(out / "expressions.json", expressions)
-        if rle:
-            write_rle_json(out / "masks_rle.json", {
-                str(i): {name: sink.rles[(i, name)] for name in frames.frame_names} for i in range(len(expressions))})
-        drawn = _render(frames, out, expressions, source.fps) if overlay else None
-        num_frames = len(frames)
+    # Everything is written into a hidden staging folder and moved into DIR only once complete: a run that fails
+    # (a full disk, an interrupt) leaves DIR as it was, with nothing half-written.
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".partial-"))
+    try:
+        with FrameStore(source) as frames:
+            pipe.check_expressions(expressions)
+            sink = _PngAndRleSink(PngMaskSink([segment_dir(stage, i) for i in range(len(expressions))],
+                                              frames.frame_names), frames.frame_names, keep_rle=rle)
+            pipe(frames, expressions, key_frame, mode=mode, sink=sink)
+            write_expressions_json(stage / "expressions.json", expressions)
+            if rle:
+                write_rle_json(stage / "masks_rle.json", {
+                    str(i): {name: sink.rles[(i, name)] for name in frames.frame_names}
+                    for i in range(len(expressions))})
+            drawn = out / _render(frames, stage, expressions, source.fps).name if overlay else None
+            num_frames = len(frames)
+        publish_folder(stage, out)
+    except OSError as exc:  # name the file where the user will look for it, not inside the staging folder
+        if not exc.filename or not str(exc.filename).startswith(str(stage)):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(out) + str(exc.filename)[len(str(stage)):]) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return SegmentOutput(out, len(expressions), num_frames, time.perf_counter() - started, drawn)
 
 

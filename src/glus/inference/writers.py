@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -59,6 +60,24 @@ def ensure_writable_dir(path: str | Path) -> Path:
     except OSError as exc:
         raise GLUSError(f"output folder is not writable ({exc.strerror or exc})", path) from None
     return path
+
+
+def publish_folder(stage: str | Path, out: str | Path) -> None:
+    """Move every entry of the finished ``stage`` folder into ``out`` (same file system), replacing what is there.
+
+    Files move with one ``os.replace`` each; a folder that exists is first renamed aside and removed only after
+    the new one is in place, so each entry is either the old one or the new one, never a mix.
+    """
+    stage, out = Path(stage), Path(out)
+    for entry in sorted(stage.iterdir()):
+        target = out / entry.name
+        if entry.is_dir() and target.is_dir():
+            old = Path(tempfile.mkdtemp(dir=out, prefix=f".{entry.name}.old-"))
+            os.replace(target, old / entry.name)
+            os.replace(entry, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(entry, target)
 
 
 # ---- PNG masks (encoded by glus.data.masks.write_mask_png: 8-bit 0/255, atomic) -----------------------------
@@ -194,5 +213,5 @@ def write_expressions_json(path: str | Path, expressions: Sequence[str] | Mappin
 
 __all__ = [
     "DONE_MARKER", "FILE_MODE", "PngMaskSink", "atomic_write_bytes", "atomic_write_json", "ensure_writable_dir", "expression_dir",
-    "is_expression_done", "segment_dir", "write_expression_masks", "write_expressions_json", "write_rle_json",
+    "is_expression_done", "publish_folder", "segment_dir", "write_expression_masks", "write_expressions_json", "write_rle_json",
 ]

@@ -132,8 +132,17 @@ def describe_key_mismatch(missing: Iterable[str], unexpected: Iterable[str], whe
 def save_safetensors_atomic(state: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
                             ) -> None:
     """Write a safetensors file atomically (a crash leaves no half-written weights)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        # safetensors refuses shared storage; contiguous copies keep tied/viewed tensors apart.
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+        try:
+            # safetensors refuses shared storage; contiguous copies keep tied/viewed tensors apart.
+            save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as exc:
+            # Its Rust writer reports a full disk as "... (os error 28)": hand it on as the OSError it is, naming
+            # the file, so callers (and the CLI's one-line report) treat it as any other refused write.
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None

@@ -132,8 +132,9 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, vision_tower: str | 
     state = model.state_dict()
     applied = "stored" if glus_source else (compat or "official")
 
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.partial-"))
+    tmp: Path | None = None
     try:
+        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.partial-"))
         logger.info("writing %s", dst)
         save_pretrained(model, tmp, tokenizer, source=str(src))
         _usual_permissions(tmp)
@@ -141,7 +142,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, vision_tower: str | 
     except OSError as exc:
         raise GLUSError(f"cannot write the converted checkpoint: {exc.strerror or exc}", dst) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     tower_name = "vision_tower/ of the source" if glus_source else str(vision_tower or model.config.vision.name_or_path)
     yaml_name = "config.json of the source" if glus_source else str(sam2_config or "built-in Hiera-L")
