@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 from pathlib import Path
 
 import cv2
@@ -72,6 +73,12 @@ def test_converted_folder_holds_every_tensor(converted: Path, official: GLUSMode
             assert torch.equal(f.get_tensor(key), torch.full((32,), 1e-6))
     # nothing half-written or temporary is left beside the output
     assert [p.name for p in converted.parent.iterdir()] == [converted.name]
+    # modes as open() gives them, not the owner-only ones of temporary files (transformers' CLIP save included)
+    from glus.fileio import FILE_MODE
+
+    assert {p.relative_to(converted).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in converted.rglob("*")
+            if p.is_file()} == {p.relative_to(converted).as_posix(): FILE_MODE for p in converted.rglob("*")
+                                if p.is_file()}
 
 
 def test_converted_model_loads_without_arguments(converted_model: GLUSModel, official: GLUSModel) -> None:

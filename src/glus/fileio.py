@@ -27,6 +27,15 @@ def _current_umask() -> int:
 FILE_MODE = 0o666 & ~_current_umask()
 
 
+def usual_permissions(folder: str | Path) -> None:
+    """Give a written tree the modes ``mkdir`` / ``open`` would give: temporary files and folders are created
+    owner-only by ``mkstemp`` / ``mkdtemp``, here and inside the libraries that write files (transformers)."""
+    folder = Path(folder)
+    dir_mode = FILE_MODE | ((FILE_MODE & 0o444) >> 2)  # x wherever r is granted
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, dir_mode if path.is_dir() else FILE_MODE)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on normal exit it replaces ``path``, on error it is removed.

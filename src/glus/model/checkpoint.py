@@ -23,7 +23,7 @@ import torch
 
 from glus.config import GLUSConfig, Sam2Config, TextConfig, VisionConfig, glus_7b
 from glus.errors import GLUSError, ParameterError
-from glus.fileio import atomic_write_json, read_json, read_json_object
+from glus.fileio import atomic_write_json, read_json, read_json_object, usual_permissions
 from glus.model.checkpoint_io import (describe_key_mismatch, drop_non_weights, load_state_dict, resolve_checkpoint,
                                       save_safetensors_atomic)
 from glus.model.glus import GLUSModel
@@ -291,4 +291,5 @@ def save_pretrained(model: GLUSModel, folder: str | Path, tokenizer=None, *, sou
     # config.json last: its presence marks a complete glus-format folder.
     atomic_write_json(folder / "config.json", {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                                               "source": source, "config": model.config.to_dict()}, indent=2)
+    usual_permissions(folder)
     return folder

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glus.errors import GLUSError, ParameterError
-from glus.fileio import FILE_MODE
 from glus.model.checkpoint import Compat, from_pretrained, is_glus_format, parse_dtype, save_pretrained
 from glus.model.checkpoint_io import resolve_checkpoint
 
@@ -137,7 +136,6 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, vision_tower: str | 
         tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.partial-"))
         logger.info("writing %s", dst)
         save_pretrained(model, tmp, tokenizer, source=str(src))
-        _usual_permissions(tmp)
         _move_into_place(tmp, dst)
     except OSError as exc:
         raise GLUSError(f"cannot write the converted checkpoint: {exc.strerror or exc}", dst) from None
@@ -153,9 +151,3 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, vision_tower: str | 
         compat=applied, dtype=dtype_name, vision_tower=tower_name, sam2_config=yaml_name)
 
 
-def _usual_permissions(folder: Path) -> None:
-    """Give the written tree the modes ``mkdir`` / ``open`` would give (temporary files and folders are
-    created owner-only by ``mkstemp`` / ``mkdtemp``, here and inside the libraries that write the files)."""
-    dir_mode = FILE_MODE | ((FILE_MODE & 0o444) >> 2)  # x wherever r is granted
-    for path in [folder, *folder.rglob("*")]:
-        os.chmod(path, dir_mode if path.is_dir() else FILE_MODE)
