@@ -4,7 +4,11 @@ Every video is one *scenario* of one tier, drawn from a seed; its expressions ar
 and refer to objects whose masks are exact (the shapes and rendering of :mod:`glus.data.synthetic`: flat saturated
 colours on a noisy textured background, later objects occluding earlier ones, masks = visible pixels).
 
-Tiers and their grammar (``C`` a colour, ``S`` a shape, ``D`` a direction: left, right, up, down):
+Tiers and their grammar (``C`` a colour, ``S`` a shape, ``D`` a direction: left, right, up, down). Each referred
+object has two expressions, the phrasing below and a paraphrase (``the S that is C``, ``the C S that goes D``,
+``... that comes to a stop`` / ``never stops`` / ``starts late`` / ``moves all along`` / ``appears later`` /
+``disappears`` / ``goes behind the C2 S2`` / ``is always visible``, ``the two S that go D``), as MeViS has several
+expressions per object: the object contrastive loss needs them (same object, other expression: its positive).
 
 =============  ==========================================================================================
 tier           scenario and expressions
@@ -138,8 +142,11 @@ class _Scene:
         self.plans.append(_Plan(shape, color, radius, centers, label))
         return len(self.plans) - 1
 
-    def say(self, text: str, *objects: int) -> None:
+    def say(self, text: str, paraphrase: str, *objects: int) -> None:
+        """Refer to ``objects`` twice, as MeViS annotators often do: two phrasings of one meaning. Same-object
+        expressions are what the object contrastive loss pulls together (its positives)."""
         self.expressions.append(SyntheticExpression(text, tuple(objects)))
+        self.expressions.append(SyntheticExpression(paraphrase, tuple(objects)))
 
 
 def _distinct_looks(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
@@ -156,7 +163,7 @@ def _appearance(scene: _Scene) -> None:
         direction = None if rng.random() < 0.3 else str(rng.choice(list(_STEP)))
         centers = [scene.free_spot(r)] * scene.t if direction is None else scene.path(r, direction)
         k = scene.add(shape, color, centers, r, direction or "still")
-        scene.say(f"the {color} {shape}", k)
+        scene.say(f"the {color} {shape}", f"the {shape} that is {color}", k)
 
 
 def _motion(scene: _Scene) -> None:
@@ -168,8 +175,8 @@ def _motion(scene: _Scene) -> None:
     b = scene.add(shape, color, scene.path(r, _OPPOSITE[d], lane=0.8), r, _OPPOSITE[d])
     r2 = scene.radius(0.8)
     scene.add(s2, c2, [scene.free_spot(r2)] * scene.t, r2, "still")
-    scene.say(f"the {color} {shape} moving {d}", a)
-    scene.say(f"the {color} {shape} moving {_OPPOSITE[d]}", b)
+    scene.say(f"the {color} {shape} moving {d}", f"the {color} {shape} that goes {d}", a)
+    scene.say(f"the {color} {shape} moving {_OPPOSITE[d]}", f"the {color} {shape} that goes {_OPPOSITE[d]}", b)
 
 
 def _temporal(scene: _Scene) -> None:
@@ -181,13 +188,13 @@ def _temporal(scene: _Scene) -> None:
     if rng.random() < 0.5:
         a = scene.add(shape, color, scene.path(r, d, stop=half, lane=0.2), r, "stops")
         b = scene.add(shape, color, scene.path(r, d, lane=0.8), r, "keeps")
-        scene.say(f"the {color} {shape} that stops halfway", a)
-        scene.say(f"the {color} {shape} that keeps moving", b)
+        scene.say(f"the {color} {shape} that stops halfway", f"the {color} {shape} that comes to a stop", a)
+        scene.say(f"the {color} {shape} that keeps moving", f"the {color} {shape} that never stops", b)
     else:
         a = scene.add(shape, color, scene.path(r, d, start=half, lane=0.2), r, "starts")
         b = scene.add(shape, color, scene.path(r, d, lane=0.8), r, "moves")
-        scene.say(f"the {color} {shape} that starts moving later", a)
-        scene.say(f"the {color} {shape} that moves from the start", b)
+        scene.say(f"the {color} {shape} that starts moving later", f"the {color} {shape} that starts late", a)
+        scene.say(f"the {color} {shape} that moves from the start", f"the {color} {shape} that moves all along", b)
 
 
 def _visibility(scene: _Scene) -> None:
@@ -199,17 +206,18 @@ def _visibility(scene: _Scene) -> None:
     d = str(rng.choice(list(_STEP) if kind != "behind" else ["left", "right"]))
     if kind == "enters":
         k = scene.add(shape, color, scene.path(r, d, outside_until=half, lane=0.25), r, "enters")
-        scene.say(f"the {color} {shape} that enters the view", k)
+        scene.say(f"the {color} {shape} that enters the view", f"the {color} {shape} that appears later", k)
     elif kind == "leaves":
         k = scene.add(shape, color, scene.path(r, d, leave_at=half, lane=0.25), r, "leaves")
-        scene.say(f"the {color} {shape} that leaves the view", k)
+        scene.say(f"the {color} {shape} that leaves the view", f"the {color} {shape} that disappears", k)
     else:  # passes behind a larger still object (drawn later, so it occludes)
         k = scene.add(shape, color, scene.path(r, d, lane=0.5), r, "behind")
         big = scene.radius(1.6)
         scene.add(s2, c2, [scene.plans[k].centers[scene.t // 2]] * scene.t, big, "still")
-        scene.say(f"the {color} {shape} that passes behind the {c2} {s2}", k)
+        scene.say(f"the {color} {shape} that passes behind the {c2} {s2}",
+                  f"the {color} {shape} that goes behind the {c2} {s2}", k)
     stays = scene.add(shape, color, [scene.free_spot(r)] * scene.t, r, "stays")
-    scene.say(f"the {color} {shape} that stays in view", stays)
+    scene.say(f"the {color} {shape} that stays in view", f"the {color} {shape} that is always visible", stays)
 
 
 def _multi(scene: _Scene) -> None:
@@ -224,8 +232,8 @@ def _multi(scene: _Scene) -> None:
     other = str(rng.choice([s for s in SHAPES if s != shape]))
     r2 = scene.radius(0.7)
     scene.add(other, colors[3], [scene.free_spot(r2)] * scene.t, r2, "still")
-    scene.say(f"the two {shape}s moving {d}", a, b)
-    scene.say(f"the {shape} moving {_OPPOSITE[d]}", c)
+    scene.say(f"the two {shape}s moving {d}", f"the two {shape}s that go {d}", a, b)
+    scene.say(f"the {shape} moving {_OPPOSITE[d]}", f"the {shape} that goes {_OPPOSITE[d]}", c)
 
 
 _SCENARIOS = {"appearance": _appearance, "motion": _motion, "temporal": _temporal, "visibility": _visibility,
