@@ -187,6 +187,16 @@ def test_contrastive_switch(mevis: Path, tmp_path: Path) -> None:
     assert [e.step for e in board.Scalars("train/total")] == list(range(1, 8))
 
 
+def test_mask_loss_start_leaves_the_first_steps_to_the_other_terms(mevis: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", *settings(mevis, run, "steps=8", "save_every=8", "mask_loss_start=6",
+                                    "contrastive_weight=1.0")]) == 0
+    rows = read_log(run)
+    assert all(r["bce"] == r["dice"] == 0 and r["ce"] > 0 for r in rows[:6])
+    assert all(r["bce"] > 0 and r["dice"] > 0 for r in rows[6:])
+    assert rows[5]["contrastive"] > 0  # the bank is full by step 6: the warm-up trains the [SEG] embeddings
+
+
 def _run(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     return subprocess.Popen([sys.executable, "-m", "glus", "train", *args], env=env, stdout=subprocess.DEVNULL,

@@ -140,20 +140,20 @@ class GLUSModel(GLUSMLLM):
     def forward_train(self, samples: Sequence[TrainingSample], contrastive: ObjectContrastiveLoss | None = None,
                       weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
                       memory_grad: bool = False, memory_bank: bool = True,
-                      image_grad: bool = False) -> dict[str, torch.Tensor]:
+                      image_grad: bool = False, llm_mask_grad: bool = True) -> dict[str, torch.Tensor]:
         """Named loss terms of one batch (spec section 5): :meth:`forward_train_outputs` without the tensors.
 
         Returns:
             ``{"ce", "bce", "dice", "contrastive", "total"}`` (weighted, as :func:`combine_losses`).
         """
         return self.forward_train_outputs(samples, contrastive, weights, ce_on, memory_grad, memory_bank,
-                                          image_grad).losses
+                                          image_grad, llm_mask_grad).losses
 
     def forward_train_outputs(self, samples: Sequence[TrainingSample],
                               contrastive: ObjectContrastiveLoss | None = None,
                               weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
                               memory_grad: bool = False, memory_bank: bool = True,
-                              image_grad: bool = False) -> TrainForward:
+                              image_grad: bool = False, llm_mask_grad: bool = True) -> TrainForward:
         """Loss terms of one batch and what they were computed from (spec section 5).
 
         Args:
@@ -165,6 +165,9 @@ class GLUSModel(GLUSMLLM):
                 decoded on its own, the "no memory bank" ablation).
             image_grad: compute SAM-2's image features with gradients (released: under no_grad), for training the
                 image encoder (and the decoder's ``conv_s0/conv_s1``) too.
+            llm_mask_grad: let the mask loss reach the language model (released: yes). ``False`` stops it at the
+                ``[SEG]`` hidden states: the mask terms train the seg head and SAM-2 only, the language model learns
+                from the cross-entropy and contrastive terms (a warm-up for models trained from scratch).
 
         Returns:
             :class:`TrainForward`: the weighted terms, per sample the ``[SEG]`` embeddings ``[E, Q, D]`` and mask
@@ -189,13 +192,17 @@ class GLUSModel(GLUSMLLM):
         seg_positions = [torch.tensor(seg_prediction_positions(ids, seg_id, self.tokens_per_frame,
                                                                 self.config.image_token_index), dtype=torch.long)
                          for ids in rows]
-        seg_embeddings = [self.seg_embedding(out.hidden_states[r, pos]) for r, pos in enumerate(seg_positions)]
+        seg_hidden = [out.hidden_states[r, pos] for r, pos in enumerate(seg_positions)]
+        seg_embeddings = [self.seg_embedding(h) for h in seg_hidden]
+        # What prompts SAM-2: the same embeddings, or (llm_mask_grad off) ones the mask loss cannot trace back past.
+        prompts = seg_embeddings if llm_mask_grad else [self.seg_embedding(h.detach()) for h in seg_hidden]
         preds, gts, anchors, metas = [], [], [], []
         per_sample_seg, per_sample_logits = [], []
         row = 0
         for sample in samples:
             num_expr, num_query = sample.masks.shape[:2]
             sample_seg = torch.stack([seg_embeddings[row + e][-num_query:] for e in range(num_expr)])  # [E, Q, D]
+            sample_prompt = torch.stack([prompts[row + e][-num_query:] for e in range(num_expr)])  # [E, Q, D]
             per_sample_seg.append(sample_seg)
             row += num_expr
             size = tuple(sample.masks.shape[-2:])
@@ -203,7 +210,7 @@ class GLUSModel(GLUSMLLM):
                                               grad=image_grad)
             banks = [MemoryBank() for _ in range(num_expr)] if memory_bank else None
             for j in range(num_query):
-                res = self.sam2.decode(features.frame(j), sample_seg[:, j:j + 1], banks, j,
+                res = self.sam2.decode(features.frame(j), sample_prompt[:, j:j + 1], banks, j,
                                        self.config.mem_stride_train, size, memory_grad=memory_grad)
                 preds.append(res.logits[:, 0])
                 gts.append(sample.masks[:, j].to(res.logits.device, res.logits.dtype))

@@ -246,6 +246,15 @@ class Trainer:
             weights=GLUSLossWeights(cfg.ce_weight, cfg.bce_weight, cfg.dice_weight, cfg.contrastive_weight),
             ce_on=cfg.ce_on, memory_grad=cfg.memory_grad, memory_bank=cfg.memory_bank, image_grad=cfg.image_grad,
             grad_clip=cfg.grad_clip)
+
+        def phase(step: int) -> StepSettings:  # the warm-ups of mask_loss_start and llm_mask_grad_start
+            now = settings
+            if step < cfg.mask_loss_start:
+                now = replace(now, weights=replace(now.weights, bce=0.0, dice=0.0))
+            if step < cfg.llm_mask_grad_start:
+                now = replace(now, llm_mask_grad=False)
+            return now
+
         log = _TrainLog(self.run_dir / LOG_NAME, start) if self.rank == 0 else None
         result: StepResult | None = None
         batches = iter(loader)
@@ -257,7 +266,8 @@ class Trainer:
                 tic = time.perf_counter()
                 micro = [next(batches) for _ in range(cfg.grad_accumulation)]
                 result = train_step(step_model, micro, optimizer, scheduler, contrastive=contrastive,
-                                    settings=settings, no_sync=no_sync, autocast=autocast)
+                                    settings=phase(step),
+                                    no_sync=no_sync, autocast=autocast)
                 rate = per_step / max(time.perf_counter() - tic, 1e-9)
                 if log is not None:
                     log.add(step + 1, result, rate)
