@@ -117,13 +117,13 @@ def test_loss_terms_are_named_and_finite(batch: list[TrainingSample], tokenizer:
     assert math.isfinite(float(assistant)) and float(assistant) != float(seg_only)
 
 
-def test_llm_mask_grad_off_stops_the_mask_loss_at_the_seg_hidden_states(batch: list[TrainingSample],
-                                                                          tokenizer: GLUSTokenizer) -> None:
-    """The same losses either way; without it the mask terms train the seg head (and SAM-2) but no LLM weight."""
+def test_prompt_grad_off_stops_the_mask_loss_at_the_prompts(batch: list[TrainingSample],
+                                                            tokenizer: GLUSTokenizer) -> None:
+    """The same losses either way; without it the mask terms train SAM-2, not the seg head or an LLM weight."""
     grads = {}
     for flag in (True, False):
         model = make_model(tokenizer).train()
-        losses = model.forward_train(batch, contrastive=None, weights=GLUSLossWeights(ce=0.0), llm_mask_grad=flag)
+        losses = model.forward_train(batch, contrastive=None, weights=GLUSLossWeights(ce=0.0), prompt_grad=flag)
         losses["total"].backward()
         grads[flag] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         grads[flag, "total"] = float(losses["total"].detach())
@@ -131,8 +131,10 @@ def test_llm_mask_grad_off_stops_the_mask_loss_at_the_seg_hidden_states(batch: l
     llm = [n for n in grads[True] if ".layers." in n and "visual_model" not in n]
     assert llm and all(float(grads[True][n].abs().max()) > 0 for n in llm[:3])
     assert not any(n in grads[False] and float(grads[False][n].abs().max()) > 0 for n in llm)
-    head = [n for n in grads[False] if "text_hidden_fcs" in n]
-    assert head and all(torch.allclose(grads[False][n], grads[True][n]) for n in head)
+    head = [n for n in grads[True] if "text_hidden_fcs" in n]
+    assert head and not any(n in grads[False] and float(grads[False][n].abs().max()) > 0 for n in head)
+    decoder = [n for n in grads[True] if "sam_mask_decoder" in n]
+    assert decoder and all(torch.allclose(grads[False][n], grads[True][n]) for n in decoder)
 
 
 def test_training_lowers_the_losses_and_keeps_frozen_parts(batch: list[TrainingSample],

@@ -140,20 +140,20 @@ class GLUSModel(GLUSMLLM):
     def forward_train(self, samples: Sequence[TrainingSample], contrastive: ObjectContrastiveLoss | None = None,
                       weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
                       memory_grad: bool = False, memory_bank: bool = True,
-                      image_grad: bool = False, llm_mask_grad: bool = True) -> dict[str, torch.Tensor]:
+                      image_grad: bool = False, prompt_grad: bool = True) -> dict[str, torch.Tensor]:
         """Named loss terms of one batch (spec section 5): :meth:`forward_train_outputs` without the tensors.
 
         Returns:
             ``{"ce", "bce", "dice", "contrastive", "total"}`` (weighted, as :func:`combine_losses`).
         """
         return self.forward_train_outputs(samples, contrastive, weights, ce_on, memory_grad, memory_bank,
-                                          image_grad, llm_mask_grad).losses
+                                          image_grad, prompt_grad).losses
 
     def forward_train_outputs(self, samples: Sequence[TrainingSample],
                               contrastive: ObjectContrastiveLoss | None = None,
                               weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
                               memory_grad: bool = False, memory_bank: bool = True,
-                              image_grad: bool = False, llm_mask_grad: bool = True) -> TrainForward:
+                              image_grad: bool = False, prompt_grad: bool = True) -> TrainForward:
         """Loss terms of one batch and what they were computed from (spec section 5).
 
         Args:
@@ -165,9 +165,10 @@ class GLUSModel(GLUSMLLM):
                 decoded on its own, the "no memory bank" ablation).
             image_grad: compute SAM-2's image features with gradients (released: under no_grad), for training the
                 image encoder (and the decoder's ``conv_s0/conv_s1``) too.
-            llm_mask_grad: let the mask loss reach the language model (released: yes). ``False`` stops it at the
-                ``[SEG]`` hidden states: the mask terms train the seg head and SAM-2 only, the language model learns
-                from the cross-entropy and contrastive terms (a warm-up for models trained from scratch).
+            prompt_grad: let the mask loss reach the ``[SEG]`` prompts (released: yes). ``False`` stops it there: the
+                mask terms train SAM-2 only, the seg head and the language model learn from the cross-entropy and
+                contrastive terms (a warm-up for models trained from scratch: SAM-2 learns to decode prompts that
+                the contrastive loss keeps apart, before the mask loss may pull them together).
 
         Returns:
             :class:`TrainForward`: the weighted terms, per sample the ``[SEG]`` embeddings ``[E, Q, D]`` and mask
@@ -192,10 +193,9 @@ class GLUSModel(GLUSMLLM):
         seg_positions = [torch.tensor(seg_prediction_positions(ids, seg_id, self.tokens_per_frame,
                                                                 self.config.image_token_index), dtype=torch.long)
                          for ids in rows]
-        seg_hidden = [out.hidden_states[r, pos] for r, pos in enumerate(seg_positions)]
-        seg_embeddings = [self.seg_embedding(h) for h in seg_hidden]
-        # What prompts SAM-2: the same embeddings, or (llm_mask_grad off) ones the mask loss cannot trace back past.
-        prompts = seg_embeddings if llm_mask_grad else [self.seg_embedding(h.detach()) for h in seg_hidden]
+        seg_embeddings = [self.seg_embedding(out.hidden_states[r, pos]) for r, pos in enumerate(seg_positions)]
+        # What prompts SAM-2: the same embeddings, or (prompt_grad off) copies the mask loss cannot trace back past.
+        prompts = seg_embeddings if prompt_grad else [e.detach() for e in seg_embeddings]
         preds, gts, anchors, metas = [], [], [], []
         per_sample_seg, per_sample_logits = [], []
         row = 0

@@ -111,10 +111,10 @@ class TrainConfig:
     # preset) first has to learn from the contrastive loss to tell expressions apart: with the mask loss on from
     # step 0, every [SEG] collapses to one prompt that segments all objects, and stays there. 0: the authors' recipe.
     mask_loss_start: int = 0
-    # Steps at the start in which the mask loss trains the seg head and SAM-2 but does not reach the language model
-    # (its [SEG] hidden states are detached for the mask terms): the decoder learns to use the prompts that the
-    # contrastive loss keeps apart before the mask loss may pull them together. 0: the authors' recipe.
-    llm_mask_grad_start: int = 0
+    # Steps at the start in which the mask loss trains SAM-2 only (the [SEG] prompts are detached for the mask
+    # terms): the decoder learns to use the prompts that the contrastive loss keeps apart before the mask loss may
+    # pull them together. 0: the authors' recipe.
+    prompt_grad_start: int = 0
     contrastive: bool = True
     contrastive_negatives_exclude_same_objects: bool = False  # the authors let same-object entries be negatives
     contrastive_update_bank_first: bool = True  # the authors push the batch into the bank before the loss
@@ -171,7 +171,7 @@ class TrainConfig:
                 raise GLUSError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not self.lr > 0:
             raise GLUSError(f"lr must be > 0, got {self.lr}")
-        for key in ("mask_loss_start", "llm_mask_grad_start"):
+        for key in ("mask_loss_start", "prompt_grad_start"):
             if getattr(self, key) < 0:
                 raise GLUSError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.lora_dropout < 1:

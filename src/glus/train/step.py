@@ -39,7 +39,7 @@ class StepSettings:
         memory_grad: let gradients flow through SAM-2's memory attention (released: no, it runs under no_grad).
         memory_bank: decode query frames through the memory bank (``False``: the "no memory bank" ablation).
         image_grad: SAM-2 image features with gradients (released: no), to train the image encoder too.
-        llm_mask_grad: the mask loss reaches the language model (released: yes).
+        prompt_grad: the mask loss reaches the ``[SEG]`` prompts, seg head and language model (released: yes).
         grad_clip: global gradient-norm limit (``None``: no clipping).
     """
 
@@ -48,7 +48,7 @@ class StepSettings:
     memory_grad: bool = False
     memory_bank: bool = True
     image_grad: bool = False
-    llm_mask_grad: bool = True
+    prompt_grad: bool = True
     grad_clip: float | None = 1.0
 
 
@@ -127,7 +127,7 @@ def train_step(model: GLUSModel, micro_batches: Sequence[Sequence[TrainingSample
             with (autocast() if autocast is not None else contextlib.nullcontext()):
                 outputs = model.forward_train_outputs(batch, contrastive, settings.weights, settings.ce_on,
                                                       settings.memory_grad, settings.memory_bank,
-                                                      settings.image_grad, settings.llm_mask_grad)
+                                                      settings.image_grad, settings.prompt_grad)
             total = outputs.losses["total"]
             if not torch.isfinite(total):
                 optimizer.zero_grad(set_to_none=True)

@@ -247,12 +247,12 @@ class Trainer:
             ce_on=cfg.ce_on, memory_grad=cfg.memory_grad, memory_bank=cfg.memory_bank, image_grad=cfg.image_grad,
             grad_clip=cfg.grad_clip)
 
-        def phase(step: int) -> StepSettings:  # the warm-ups of mask_loss_start and llm_mask_grad_start
+        def phase(step: int) -> StepSettings:  # the warm-ups of mask_loss_start and prompt_grad_start
             now = settings
             if step < cfg.mask_loss_start:
                 now = replace(now, weights=replace(now.weights, bce=0.0, dice=0.0))
-            if step < cfg.llm_mask_grad_start:
-                now = replace(now, llm_mask_grad=False)
+            if step < cfg.prompt_grad_start:
+                now = replace(now, prompt_grad=False)
             return now
 
         log = _TrainLog(self.run_dir / LOG_NAME, start) if self.rank == 0 else None
