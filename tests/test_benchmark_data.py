@@ -77,3 +77,28 @@ def test_tier_scores_average_each_tier_the_mevis_way() -> None:
     assert scores["motion"] == {"J": 0.75, "F": 0.65, "J&F": 0.7, "expressions": 2}
     assert scores["multi"]["J&F"] == pytest.approx(0.1) and "appearance" not in scores
     assert scores["all"]["expressions"] == 3 and scores["all"]["J"] == pytest.approx(0.5)
+
+
+def test_evaluate_reports_each_tier_of_a_benchmark_split(tmp_path: Path, capsys) -> None:
+    """Ground truth as the prediction, but blank masks for the motion tier: every tier scores 1 except motion."""
+    from glus.data.benchmark import write_benchmark
+    from glus.data.masks import write_mask_png
+
+    split = write_benchmark(tmp_path / "synth", (1, 1, 10), seed=5)["test"]
+    data = load_dataset("mevis", split)
+    tiers = json.loads((split / "tiers.json").read_text())
+    pred = tmp_path / "pred"
+    for video in data.videos.values():
+        for exp_id in video.expressions:
+            for t, name in enumerate(video.frame_names):
+                mask = data.gt_mask(video.video_id, exp_id, t)
+                blank = tiers[video.video_id][exp_id] == "motion"
+                write_mask_png(pred / video.video_id / exp_id / f"{name}.png", mask * 0 if blank else mask)
+    out = tmp_path / "result.json"
+    assert main(["evaluate", "--dataset", "mevis", "--split-dir", str(split), "--pred", str(pred),
+                 "--output", str(out)]) == 0
+    scores = json.loads(out.read_text())["tiers"]
+    assert sorted(scores) == sorted([*TIERS, "all"])
+    assert all(scores[t]["J&F"] == pytest.approx(1.0) for t in TIERS if t != "motion")
+    assert scores["motion"]["J&F"] < 0.1 and scores["motion"]["expressions"] == 8  # 2 videos x 2 objects x 2
+    assert "per tier" in capsys.readouterr().out

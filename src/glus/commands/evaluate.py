@@ -60,6 +60,13 @@ def run(args: argparse.Namespace) -> int:
     for row in headline.rows:
         table.add_row(*row)
     console.print(table)
+    if result.summary.get("tiers"):
+        tiers = Table(title="per tier (glus synthetic benchmark)")
+        for column in ("tier", "expressions", "J", "F", "J&F"):
+            tiers.add_column(column, justify="left" if column == "tier" else "right")
+        for tier, score in result.summary["tiers"].items():
+            tiers.add_row(tier, str(score["expressions"]), *[f"{100 * score[k]:.2f}" for k in ("J", "F", "J&F")])
+        console.print(tiers)
     missing = result.summary.get("missing", {})
     for key, reason in list(missing.items())[:10]:
         console.print(f"  missing {key}: {reason}", highlight=False)

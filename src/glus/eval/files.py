@@ -46,4 +46,9 @@ def evaluate_to_files(dataset: str, split_dir: str | Path, pred_dir: str | Path,
     result = evaluate(dataset, split_dir, pred_dir, split=split, protocol=protocol, workers=workers,
                       official_drop_missing=official_drop_missing, corrected=corrected, progress=progress,
                       on_start=on_start)
+    tiers_file = Path(split_dir) / "tiers.json"
+    if tiers_file.is_file():  # a split of glus's synthetic benchmark: J, F and J&F per tier as well
+        from glus.data.benchmark import read_tiers, tier_scores
+
+        result.summary["tiers"] = tier_scores(result.summary["per_expression"], read_tiers(split_dir))
     return result, write_reports(result, output, per_frame=per_frame)
