@@ -29,6 +29,7 @@ def _official_context_frames(frame_num: int, k: int) -> list[int]:
 
 def test_ten_frames_gives_reference_context() -> None:
     assert inference_context_frames(10, 4) == [1, 3, 6, 8]
+    assert inference_context_frames(10, 0) == []  # the local-only ablation: no global view
 
 
 def test_reference_passes_context_and_windows() -> None:

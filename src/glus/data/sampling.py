@@ -47,6 +47,8 @@ def inference_context_frames(num_frames: int, num_context: int = 4) -> list[int]
     """
     if num_frames < 1:
         raise ValueError(f"a video needs at least one frame, got {num_frames}")
+    if num_context == 0:  # no global view (the "local only" ablation)
+        return []
     bounds = segment_bounds(num_frames, num_context)
     offset = math.ceil(num_frames / num_context) // 2
     frames = [min(int(bounds[j]) + offset, int(bounds[j + 1]) - 1) for j in range(num_context)]

@@ -109,6 +109,9 @@ class GLUSModel(GLUSMLLM):
     # ------------------------------------------------------------------ inference building blocks
     def clip_embed_frames(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
         """``N`` RGB uint8 frames ``(H, W, 3)`` -> LLM image embeddings ``[N, tokens_per_frame, H]``."""
+        if not frames:  # no context frames (the local-only ablation)
+            return torch.empty(0, self.tokens_per_frame, self.config.text.hidden_size, device=self.device,
+                               dtype=self.dtype)
         pixels = clip_pixel_values(list(frames), self.clip_processor).to(self.device, self.dtype)
         return self.encode_frames_for_llm(pixels)
 
