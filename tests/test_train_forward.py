@@ -34,7 +34,7 @@ from conftest import OFFICIAL_TINY
 
 REF = OFFICIAL_TINY
 
-TERMS = {"ce", "bce", "dice", "contrastive", "total"}
+TERMS = {"ce", "bce", "dice", "contrastive", "clicks", "total"}
 # (video seed, expression indices): two phrasings of one object (each other's contrastive positives) and others
 BATCH = ((0, (0, 1, 2)), (1, (0, 2, 4)))
 
@@ -106,7 +106,8 @@ def test_loss_terms_are_named_and_finite(batch: list[TrainingSample], tokenizer:
     out = model.forward_train(batch, contrastive=contrastive)
     assert set(out) == TERMS
     assert all(v.dim() == 0 and math.isfinite(float(v.detach())) for v in out.values())
-    assert all(float(out[k].detach()) > 0 for k in TERMS)
+    assert all(float(out[k].detach()) > 0 for k in TERMS - {"clicks"})
+    assert float(out["clicks"]) == 0  # the click term is off unless asked for (the authors' recipe)
     assert torch.allclose(out["total"], out["ce"] + out["bce"] + out["dice"] + out["contrastive"])
     # 2 clips x 3 expressions x 4 query frames [SEG] embeddings went into the bank (all "mevis")
     assert len(contrastive.bank) == 2 * 3 * 4
@@ -207,3 +208,57 @@ def test_forward_train_rejects_misuse(batch: list[TrainingSample], tokenizer: GL
     model.seg_token_id = None
     with pytest.raises(ValueError, match="seg_token_id"):
         model.forward_train(batch)
+
+
+def test_clicks_land_on_each_mask_in_model_pixels() -> None:
+    from glus.model.clicks import sample_clicks
+
+    masks = torch.zeros(3, 40, 80)
+    masks[0, 10:12, 60:62] = 1  # a 2 x 2 object: every click is inside it
+    masks[1, 30:40, 0:5] = 1
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        points, present = sample_clicks(masks, 256)
+        assert present.tolist() == [True, True, False] and points[2].tolist() == [0.0, 0.0]
+        x, y = (int(v) for v in (points[0, 0] * 80 / 256, points[0, 1] * 40 / 256))
+        assert masks[0, y, x] == 1
+        seen.add((x, y))
+        x, y = (int(v) for v in (points[1, 0] * 80 / 256, points[1, 1] * 40 / 256))
+        assert masks[1, y, x] == 1
+    assert len(seen) == 4  # uniform over the foreground, not one fixed pixel
+
+
+def test_click_prompt_is_sam2s_point_embedding(tokenizer: GLUSTokenizer) -> None:
+    """The one-token click equals the first token of the prompt encoder's own (padded) point embedding."""
+    sam = make_model(tokenizer).sam2
+    points = torch.tensor([[10.0, 200.0], [128.0, 3.0]])
+    mine = sam.click_prompt(points)
+    theirs, _ = sam.sam_prompt_encoder(points[:, None, None], torch.ones(2, 1, 1, dtype=torch.long), None, None)
+    assert mine.shape == (2, 1, sam.config.d_model)
+    torch.testing.assert_close(mine[:, 0], theirs[:, 0, 0])
+    assert not torch.allclose(mine[0], mine[1])
+
+
+def test_clicks_only_trains_sam2_alone(batch: list[TrainingSample], tokenizer: GLUSTokenizer) -> None:
+    model = make_model(tokenizer).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    losses = model.forward_train(batch, clicks_only=True, image_grad=True)
+    assert set(losses) == TERMS and float(losses["clicks"].detach()) > 0
+    assert losses["total"] is losses["clicks"] and float(losses["ce"]) == 0
+    losses["total"].backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and float(p.grad.abs().max()) > 0}
+    assert any("sam_mask_decoder" in n for n in with_grad) and any("image_encoder" in n for n in with_grad)
+    assert any("sam_prompt_encoder" in n for n in with_grad)  # the click embedding learns too
+    assert not any(n.startswith(("model.layers.", "lm_head", "model.text_hidden_fcs")) for n in with_grad)
+
+
+def test_click_weight_adds_a_click_term(batch: list[TrainingSample], tokenizer: GLUSTokenizer) -> None:
+    model = make_model(tokenizer).eval()  # no dropout: the clicks' random draws must not change the [SEG] terms
+    plain = model.forward_train(batch, contrastive=None)
+    with_clicks = model.forward_train(batch, contrastive=None, click_weight=0.5)
+    assert float(plain["clicks"]) == 0 and float(with_clicks["clicks"]) > 0
+    for key in ("ce", "bce", "dice"):  # the [SEG] terms are untouched
+        assert float(with_clicks[key]) == pytest.approx(float(plain[key]), rel=1e-5)
+    assert float(with_clicks["total"]) == pytest.approx(float(plain["total"]) + float(with_clicks["clicks"]), rel=1e-5)

@@ -197,6 +197,22 @@ def test_mask_loss_start_leaves_the_first_steps_to_the_other_terms(mevis: Path, 
     assert rows[5]["contrastive"] > 0  # the bank is full by step 6: the warm-up trains the [SEG] embeddings
 
 
+def test_click_steps_train_sam2_on_clicks_first(mevis: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", *settings(mevis, run, "steps=6", "save_every=6", "click_steps=3", "click_weight=0.5",
+                                    "image_grad=true")]) == 0
+    rows = read_log(run)
+    assert all(r["ce"] == r["bce"] == r["contrastive"] == 0 and r["clicks"] > 0 and r["total"] == r["clicks"]
+               for r in rows[:3])
+    assert all(r["ce"] > 0 and r["bce"] > 0 and r["clicks"] > 0 for r in rows[3:])
+
+
+def test_click_steps_must_leave_seg_steps(mevis: Path, tmp_path: Path, capsys) -> None:
+    assert main(["train", *settings(mevis, tmp_path / "run", "steps=4", "click_steps=4")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "click_steps (4) must be fewer than steps (4)" in err and len(err.splitlines()) == 1
+
+
 def _run(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     return subprocess.Popen([sys.executable, "-m", "glus", "train", *args], env=env, stdout=subprocess.DEVNULL,

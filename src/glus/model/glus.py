@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from glus.config import GLUSConfig
 from glus.data.training import TrainingSample
+from glus.model.clicks import sample_clicks
 from glus.model.losses import (ContrastiveResult, GLUSLossWeights, ObjectContrastiveLoss, SegEntryMeta,
                                combine_losses, mask_losses, object_set_key)
 from glus.model.memory_bank import MemoryBank
@@ -64,7 +65,8 @@ class TrainForward:
     """What one training forward computed.
 
     Attributes:
-        losses: ``{"ce", "bce", "dice", "contrastive", "total"}``, weighted (:func:`combine_losses`).
+        losses: ``{"ce", "bce", "dice", "contrastive", "clicks", "total"}``, weighted (:func:`combine_losses`;
+            ``clicks`` the click-prompt term, 0 unless it is on).
         seg_embeddings: per sample, ``[E, Q, prompt_dim]`` the ``[SEG]`` prompts (expression, query frame).
         mask_logits: per sample, ``[E, Q, H, W]`` the predicted logits at the frames' original size.
         contrastive: the contrastive loss's result (``None`` when the term is off).
@@ -143,20 +145,22 @@ class GLUSModel(GLUSMLLM):
     def forward_train(self, samples: Sequence[TrainingSample], contrastive: ObjectContrastiveLoss | None = None,
                       weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
                       memory_grad: bool = False, memory_bank: bool = True,
-                      image_grad: bool = False, prompt_grad: bool = True) -> dict[str, torch.Tensor]:
+                      image_grad: bool = False, prompt_grad: bool = True, click_weight: float = 0.0,
+                      clicks_only: bool = False) -> dict[str, torch.Tensor]:
         """Named loss terms of one batch (spec section 5): :meth:`forward_train_outputs` without the tensors.
 
         Returns:
-            ``{"ce", "bce", "dice", "contrastive", "total"}`` (weighted, as :func:`combine_losses`).
+            ``{"ce", "bce", "dice", "contrastive", "clicks", "total"}`` (weighted, as :func:`combine_losses`).
         """
         return self.forward_train_outputs(samples, contrastive, weights, ce_on, memory_grad, memory_bank,
-                                          image_grad, prompt_grad).losses
+                                          image_grad, prompt_grad, click_weight, clicks_only).losses
 
     def forward_train_outputs(self, samples: Sequence[TrainingSample],
                               contrastive: ObjectContrastiveLoss | None = None,
                               weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
                               memory_grad: bool = False, memory_bank: bool = True,
-                              image_grad: bool = False, prompt_grad: bool = True) -> TrainForward:
+                              image_grad: bool = False, prompt_grad: bool = True, click_weight: float = 0.0,
+                              clicks_only: bool = False) -> TrainForward:
         """Loss terms of one batch and what they were computed from (spec section 5).
 
         Args:
@@ -172,6 +176,10 @@ class GLUSModel(GLUSMLLM):
                 mask terms train SAM-2 only, the seg head and the language model learn from the cross-entropy and
                 contrastive terms (a warm-up for models trained from scratch: SAM-2 learns to decode prompts that
                 the contrastive loss keeps apart, before the mask loss may pull them together).
+            click_weight: weight of a click-prompt mask loss on the same frames (:mod:`glus.model.clicks`: one click
+                on each target mask, decoded without memory, bce and dice with the mask weights); 0: off (released).
+            clicks_only: train SAM-2 alone on clicks: the language model does not run (``glus train``'s
+                ``click_steps``, SAM-2's own training before the ``[SEG]`` stage); only ``clicks`` and ``total``.
 
         Returns:
             :class:`TrainForward`: the weighted terms, per sample the ``[SEG]`` embeddings ``[E, Q, D]`` and mask
@@ -179,6 +187,8 @@ class GLUSModel(GLUSMLLM):
         """
         if ce_on not in ("seg", "assistant"):
             raise ValueError(f"ce_on must be 'seg' or 'assistant', got {ce_on!r}")
+        if clicks_only:
+            return self._click_forward(samples, weights, image_grad)
         if self.seg_token_id is None:
             raise ValueError("set model.seg_token_id (the tokenizer's [SEG] id) before training")
         seg_id = int(self.seg_token_id)
@@ -200,6 +210,8 @@ class GLUSModel(GLUSMLLM):
         # What prompts SAM-2: the same embeddings, or (prompt_grad off) copies the mask loss cannot trace back past.
         prompts = seg_embeddings if prompt_grad else [e.detach() for e in seg_embeddings]
         preds, gts, anchors, metas = [], [], [], []
+        click_preds: list[torch.Tensor] = []
+        click_gts: list[torch.Tensor] = []
         per_sample_seg, per_sample_logits = [], []
         row = 0
         for sample in samples:
@@ -217,6 +229,8 @@ class GLUSModel(GLUSMLLM):
                                        self.config.mem_stride_train, size, memory_grad=memory_grad)
                 preds.append(res.logits[:, 0])
                 gts.append(sample.masks[:, j].to(res.logits.device, res.logits.dtype))
+                if click_weight > 0:
+                    self._click_terms(features.frame(j), gts[-1], click_preds, click_gts)
             per_sample_logits.append(torch.stack(preds[-num_query:], dim=1))  # [E, Q, H, W]
             for e in range(num_expr):
                 for j in range(num_query):
@@ -229,7 +243,43 @@ class GLUSModel(GLUSMLLM):
         if contrastive is not None and anchors:
             result = contrastive(torch.stack(anchors), metas)
             con = None if result.skipped else result.loss
-        return TrainForward(combine_losses(ce, bce, dice, con, weights), per_sample_seg, per_sample_logits, result)
+        losses = combine_losses(ce, bce, dice, con, weights)
+        losses["clicks"] = torch.zeros_like(losses["total"])
+        if click_preds:
+            cb, cd = mask_losses(click_preds, click_gts)
+            losses["clicks"] = click_weight * (weights.bce * cb + weights.dice * cd)
+            losses["total"] = losses["total"] + losses["clicks"]
+        return TrainForward(losses, per_sample_seg, per_sample_logits, result)
+
+    def _click_terms(self, features: Sam2ImageFeatures, targets: torch.Tensor, preds: list[torch.Tensor],
+                     gts: list[torch.Tensor]) -> None:
+        """Append the click-prompt logits of one frame's target masks ``[E, H, W]`` (those not empty) to ``preds``."""
+        points, present = sample_clicks(targets, self.sam2.config.image_size)
+        if not bool(present.any()):
+            return
+        prompts = self.sam2.click_prompt(points[present].to(self.sam2.no_mem_embed.dtype))
+        res = self.sam2.decode(features, prompts, None, 0, 1, tuple(targets.shape[-2:]))
+        preds.append(res.logits[:, 0])
+        gts.append(targets[present])
+
+    def _click_forward(self, samples: Sequence[TrainingSample], weights: GLUSLossWeights,
+                       image_grad: bool) -> TrainForward:
+        """SAM-2 alone on click prompts (``clicks_only``): every query frame of every sample, no memory."""
+        preds: list[torch.Tensor] = []
+        gts: list[torch.Tensor] = []
+        for sample in samples:
+            features = self.sam2.encode_image(sample.sam_pixels.to(self.device, self.sam2.no_mem_embed.dtype),
+                                              grad=image_grad)
+            for j in range(sample.masks.shape[1]):
+                targets = sample.masks[:, j].to(self.device, self.sam2.no_mem_embed.dtype)
+                self._click_terms(features.frame(j), targets, preds, gts)
+        if not preds:
+            raise ValueError("no target mask to click on in this batch")
+        cb, cd = mask_losses(preds, gts)
+        clicks = weights.bce * cb + weights.dice * cd
+        zero = torch.zeros_like(clicks)
+        losses = {"ce": zero, "bce": zero, "dice": zero, "contrastive": zero, "clicks": clicks, "total": clicks}
+        return TrainForward(losses, [], [], None)
 
     @staticmethod
     def _ce_loss(logits: torch.Tensor, labels: torch.Tensor, only_token: int | None) -> torch.Tensor:

@@ -212,6 +212,22 @@ class Sam2Model(nn.Module):
             high_res = (self.sam_mask_decoder.conv_s0(levels[0]), self.sam_mask_decoder.conv_s1(levels[1]))
         return Sam2ImageFeatures(image_embed=levels[-1], image_pos=pos[-1], high_res=high_res)
 
+    def click_prompt(self, points: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, C]`` prompt tokens of one positive click each, at ``points [B, 2]`` (x, y in model-input pixels).
+
+        SAM-2's own point embedding (the prompt encoder's random-Fourier encoding of the click plus its
+        "positive point" embedding), in the one-token form the ``[SEG]`` prompt takes: SAM-2 pads a click prompt
+        with a "not a point" token when no box comes with it, a single token needs none. Training SAM-2 on clicks
+        (as Meta trains it) before the ``[SEG]`` stage is what a model trained from scratch needs; see
+        ``TrainConfig.click_steps``.
+        """
+        if points.dim() != 2 or points.shape[1] != 2:
+            raise ValueError(f"points must be [B, 2] (x, y), got {tuple(points.shape)}")
+        encoder = self.sam_prompt_encoder
+        s = self.config.image_size
+        where = encoder.shared_embedding((points + 0.5)[:, None, None, :], (s, s))  # [B, 1, 1, C]
+        return (where + encoder.point_embed.weight[1])[:, 0]
+
     def dense_positional_encoding(self) -> torch.Tensor:
         """``[1, C, S/16, S/16]``: the prompt encoder's random-Fourier encoding of the feature grid (Meta's
         ``get_dense_pe``)."""

@@ -115,6 +115,12 @@ class TrainConfig:
     # terms): the decoder learns to use the prompts that the contrastive loss keeps apart before the mask loss may
     # pull them together. 0: the authors' recipe.
     prompt_grad_start: int = 0
+    # SAM-2 trained from scratch (the small preset) first learns to follow a prompt from clicks, as Meta trains it
+    # (glus.model.clicks): click_steps steps of SAM-2 alone on one click per target mask, then click_weight keeps a
+    # click term beside the [SEG] mask loss so the decoder does not forget while the [SEG] prompts are still poor.
+    # Both 0: the authors' recipe (their SAM-2 comes trained).
+    click_steps: int = 0
+    click_weight: float = 0.0
     contrastive: bool = True
     contrastive_negatives_exclude_same_objects: bool = False  # the authors let same-object entries be negatives
     contrastive_update_bank_first: bool = True  # the authors push the batch into the bank before the loss
@@ -171,9 +177,14 @@ class TrainConfig:
                 raise GLUSError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not self.lr > 0:
             raise GLUSError(f"lr must be > 0, got {self.lr}")
-        for key in ("mask_loss_start", "prompt_grad_start"):
+        for key in ("mask_loss_start", "prompt_grad_start", "click_steps"):
             if getattr(self, key) < 0:
                 raise GLUSError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.click_steps >= self.steps:
+            raise GLUSError(f"click_steps ({self.click_steps}) must be fewer than steps ({self.steps}): the [SEG] "
+                            "stage needs steps of its own")
+        if self.click_weight < 0:
+            raise GLUSError(f"click_weight must be >= 0, got {self.click_weight}")
         if not 0 <= self.lora_dropout < 1:
             raise GLUSError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.data_preset is not None:

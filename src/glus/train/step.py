@@ -40,6 +40,8 @@ class StepSettings:
         memory_bank: decode query frames through the memory bank (``False``: the "no memory bank" ablation).
         image_grad: SAM-2 image features with gradients (released: no), to train the image encoder too.
         prompt_grad: the mask loss reaches the ``[SEG]`` prompts, seg head and language model (released: yes).
+        click_weight: weight of the click-prompt mask term (:mod:`glus.model.clicks`; released: 0, off).
+        clicks_only: this step trains SAM-2 alone on click prompts (the language model does not run).
         grad_clip: global gradient-norm limit (``None``: no clipping).
     """
 
@@ -49,6 +51,8 @@ class StepSettings:
     memory_bank: bool = True
     image_grad: bool = False
     prompt_grad: bool = True
+    click_weight: float = 0.0
+    clicks_only: bool = False
     grad_clip: float | None = 1.0
 
 
@@ -127,7 +131,8 @@ def train_step(model: GLUSModel, micro_batches: Sequence[Sequence[TrainingSample
             with (autocast() if autocast is not None else contextlib.nullcontext()):
                 outputs = model.forward_train_outputs(batch, contrastive, settings.weights, settings.ce_on,
                                                       settings.memory_grad, settings.memory_bank,
-                                                      settings.image_grad, settings.prompt_grad)
+                                                      settings.image_grad, settings.prompt_grad,
+                                                      settings.click_weight, settings.clicks_only)
             total = outputs.losses["total"]
             if not torch.isfinite(total):
                 optimizer.zero_grad(set_to_none=True)
