@@ -88,5 +88,12 @@ def test_streaming_sink_gets_every_frame_once(pipe):
             super().put(e, t, p)
 
     sink = CountingSink(len(frames), 2)
-    assert pipe(frames, EXPRESSIONS[:2], [4, "auto"], sink=sink) is None
+    choices = pipe(frames, EXPRESSIONS[:2], [4, "auto"], sink=sink)
     assert len(sink.predictions) == 2 * len(frames)
+    # Not the masks (they went to the sink) but where each expression's passes started
+    kept = pipe(frames, EXPRESSIONS[:2], [4, "auto"])
+    assert [c.key_frame for c in choices] == [r.key_frame for r in kept] and choices[0].key_frame == 4
+    assert choices[0].first_pass_scores is None and choices[1].first_pass_scores.shape == (len(frames),)
+    np.testing.assert_array_equal(choices[1].first_pass_scores, kept[1].first_pass_scores)
+    ref = pipe(frames, EXPRESSIONS[:2], [4, "auto"], mode="reference", sink=CollectSink(len(frames), 2))
+    assert [c.key_frame for c in ref] == [c.key_frame for c in choices]

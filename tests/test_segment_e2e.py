@@ -41,6 +41,11 @@ def test_segment_mp4_end_to_end(official_tiny, bedroom_mp4, tmp_path):
         assert all(m.shape == (180, 320) for m in masks)
         assert any(m.any() for m in masks)  # the rigged model always says [SEG]; SAM-2 draws something
     assert json.loads((out / "expressions.json").read_text()) == {"0": "the bed", "1": "the lamp on the left"}
+    scores = json.loads((out / "scores.json").read_text())
+    for entry in scores.values():  # key-frame selection ran: its first pass and the frame it chose
+        assert entry["key_frame_mode"] == "auto" and len(entry["scores"]) == len(entry["first_pass_scores"]) == 5
+        first = entry["first_pass_scores"]
+        assert entry["key_frame"] == first.index(max(first))
     with av.open(str(out / "overlay.mp4")) as container:
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(decoded) == 5 and decoded[0].shape[:2] == (180, 320)

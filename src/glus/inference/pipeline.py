@@ -35,7 +35,7 @@ from glus.inference.frames import FrameStore
 from glus.inference.keyframes import (KeyFrame, Pass, frame_quality, merge_passes, parse_key_frame, plan_passes,
                                      select_key_frame)
 from glus.inference.protocol import blank_prediction
-from glus.inference.results import CollectSink, ExpressionResult, FramePrediction, MaskSink
+from glus.inference.results import CollectSink, ExpressionResult, FramePrediction, KeyFrameChoice, MaskSink
 from glus.model.memory_bank import MemoryBank
 from glus.model.mllm import PrefixCache
 from glus.prompts import InferenceConversation, PromptBuilder, tokenizer_image_token
@@ -275,18 +275,18 @@ class FastSegmenter:
 
 def segment_video(model, tokenizer, frames: FrameStore, expressions: Sequence[str],
                   key_frames: KeyFrame | Sequence[KeyFrame] = None, *, sink: MaskSink | None = None,
-                  max_batch: int = 16, progress: bool = False) -> list[ExpressionResult] | None:
+                  max_batch: int = 16, progress: bool = False) -> list[ExpressionResult] | list[KeyFrameChoice]:
     """Fast-path segmentation of ``expressions`` on one video.
 
     With ``sink=None`` the masks are collected and returned as :class:`ExpressionResult` objects; with a sink
-    (e.g. a PNG writer) nothing is kept in memory and ``None`` is returned.
+    (e.g. a PNG writer) nothing is kept in memory and each expression's :class:`KeyFrameChoice` is returned.
     """
     keys = list(key_frames) if isinstance(key_frames, (list, tuple)) else [key_frames] * len(expressions)
     collect = CollectSink(len(frames), len(expressions)) if sink is None else None
     info = FastSegmenter(model, tokenizer, max_batch=max_batch, progress=progress).segment(
         frames, expressions, keys, sink if sink is not None else collect)
     if collect is None:
-        return None
+        return [KeyFrameChoice(key, scores) for key, scores in info]
     return [collect.result(i, text, key, scores) for i, (text, (key, scores)) in enumerate(zip(expressions, info))]
 
 
@@ -351,7 +351,8 @@ class GLUSPipeline:
                                 f"{limit} ({len(text)} characters; shorten it)")
 
     def __call__(self, video, expressions: str | Sequence[str], key_frame: KeyFrame | Sequence[KeyFrame] = None,
-                 *, mode: str = "fast", sink: MaskSink | None = None) -> list[ExpressionResult] | None:
+                 *, mode: str = "fast", sink: MaskSink | None = None
+                 ) -> list[ExpressionResult] | list[KeyFrameChoice]:
         """Segment ``expressions`` on ``video``.
 
         Args:
@@ -361,7 +362,8 @@ class GLUSPipeline:
             key_frame: ``None`` / ``"none"`` (one forward pass), ``"auto"`` (built-in selector), a frame index, or
                 one such value per expression.
             mode: ``"fast"`` (default) or ``"reference"`` (the released per-frame protocol; identical masks).
-            sink: stream predictions there instead of returning them.
+            sink: stream predictions there instead of returning them; then each expression's
+                :class:`KeyFrameChoice` is returned.
         """
         from glus.errors import GLUSError
         from glus.inference.protocol import segment_reference
@@ -382,7 +384,9 @@ class GLUSPipeline:
                 raise GLUSError(f"unknown mode {mode!r}; choose fast or reference")
             results = [segment_reference(self.model, self.tokenizer, frames, text, k, sink=sink, expression_index=i)
                        for i, (text, k) in enumerate(zip(texts, keys))]
-            return None if sink is not None else results
+            if sink is not None:
+                return [KeyFrameChoice(r.key_frame, r.first_pass_scores) for r in results]
+            return results
         finally:
             if owned:
                 frames.close()

@@ -32,6 +32,19 @@ class FramePrediction:
         return frame_quality(self.iou, self.object_score, self.seg_generated)
 
 
+@dataclass(frozen=True)
+class KeyFrameChoice:
+    """Where one expression's passes started: what a run with a sink returns instead of the masks.
+
+    Attributes:
+        key_frame: the key frame the passes propagate from (``None``: one forward pass from frame 0).
+        first_pass_scores: ``[T]`` the selector's first-pass frame scores (only with ``key_frame="auto"``).
+    """
+
+    key_frame: int | None
+    first_pass_scores: np.ndarray | None = None
+
+
 class MaskSink(Protocol):
     """Receives final predictions as they are produced (frames may arrive out of order with key frames)."""
 

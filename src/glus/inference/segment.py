@@ -6,6 +6,8 @@ Output folder layout::
     DIR/<i>/<frame>.png          8-bit 0/255 mask of the i-th expression (frame names from the input)
     DIR/overlay.mp4              masks drawn over the frames (+ overlay.gif for short clips, overlay_sheet.png)
     DIR/masks_rle.json           with rle=True: {"<i>": {"<frame>": COCO RLE}}
+    DIR/scores.json              {"<i>": {"key_frame", "key_frame_mode", "scores" (per frame, of the pass that made its mask),
+                                 "first_pass_scores" (key-frame selection's first pass, or null)}}
 
 Everything the user can get wrong (unreadable video, empty expression, unwritable folder, bad key frame) is
 checked before the model is loaded, and reported on one line.
@@ -28,7 +30,7 @@ from glus.distributed import check_device, resolve_device
 from glus.errors import GLUSError, ParameterError
 from glus.inference.frames import FrameStore
 from glus.inference.keyframes import KeyFrame, parse_key_frame
-from glus.inference.writers import (PngMaskSink, ensure_writable_dir, publish_folder, segment_dir,
+from glus.inference.writers import (PngMaskSink, atomic_write_json, ensure_writable_dir, publish_folder, segment_dir,
                                     write_expressions_json, write_rle_json)
 from glus.prompts import PromptBuilder
 
@@ -57,7 +59,7 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
                       max_frames: int | None = None, device: str = "cpu", dtype: str = "fp32",
                       vision_tower: str | Path | None = None, sam2_config: str | Path | None = None,
                       compat: str | None = None, load_in_bits: int | None = None, max_batch: int = 16,
-                      rle: bool = False, overlay: bool = True) -> SegmentOutput:
+                      rle: bool = False, overlay: bool = True, pipeline=None) -> SegmentOutput:
     """Segment ``expressions`` on one video into ``out_dir`` (the layout of the module docstring).
 
     Args:
@@ -71,6 +73,8 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
         start, stride, max_frames: which frames: every ``stride``-th from ``start``, at most ``max_frames``.
         max_batch: most prompts per LLM call.
         rle: also write ``masks_rle.json``; overlay: draw the overlay video.
+        pipeline: an already loaded :class:`~glus.inference.pipeline.GLUSPipeline` to run instead of loading
+            ``model`` (``glus app`` keeps one for every request).
 
     Raises:
         GLUSError: bad input, always before the model is loaded (except problems of the checkpoint itself).
@@ -96,8 +100,9 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
     from glus.inference.pipeline import GLUSPipeline
 
     started = time.perf_counter()
-    pipe = GLUSPipeline.from_pretrained(model, vision_tower=vision_tower, sam2_config=sam2_config, compat=compat,
-                                        device=device, dtype=dtype, load_in_bits=load_in_bits, max_batch=max_batch)
+    pipe = pipeline or GLUSPipeline.from_pretrained(model, vision_tower=vision_tower, sam2_config=sam2_config,
+                                                    compat=compat, device=device, dtype=dtype,
+                                                    load_in_bits=load_in_bits, max_batch=max_batch)
     # Everything is written into a hidden staging folder and moved into DIR only once complete: a run that fails
     # (a full disk, an interrupt) leaves DIR as it was, with nothing half-written.
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".partial-"))
@@ -106,8 +111,13 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
             pipe.check_expressions(expressions)
             sink = _PngAndRleSink(PngMaskSink([segment_dir(stage, i) for i in range(len(expressions))],
                                               frames.frame_names), frames.frame_names, keep_rle=rle)
-            pipe(frames, expressions, key_frame, mode=mode, sink=sink)
+            choices = pipe(frames, expressions, key_frame, mode=mode, sink=sink)
             write_expressions_json(stage / "expressions.json", expressions)
+            atomic_write_json(stage / "scores.json", {str(i): {
+                "key_frame": c.key_frame or 0, "key_frame_mode": "none" if key_frame is None else str(key_frame),
+                "scores": [sink.scores[(i, t)] for t in range(len(frames))],
+                "first_pass_scores": None if c.first_pass_scores is None else c.first_pass_scores.tolist(),
+            } for i, c in enumerate(choices)}, indent=1)
             if rle:
                 write_rle_json(stage / "masks_rle.json", {
                     str(i): {name: sink.rles[(i, name)] for name in frames.frame_names}
@@ -130,9 +140,11 @@ class _PngAndRleSink:
     def __init__(self, pngs: PngMaskSink, frame_names: list[str], keep_rle: bool) -> None:
         self.pngs, self.frame_names, self.keep_rle = pngs, frame_names, keep_rle
         self.rles: dict[tuple[int, str], dict] = {}
+        self.scores: dict[tuple[int, int], float] = {}
 
     def put(self, expression_index: int, frame_index: int, prediction) -> None:
         self.pngs.put(expression_index, frame_index, prediction)
+        self.scores[(expression_index, frame_index)] = float(prediction.score)
         if self.keep_rle:
             self.rles[(expression_index, self.frame_names[frame_index])] = encode_rle(prediction.mask)
 
