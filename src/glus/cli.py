@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from glus.errors import GLUSError, ParameterError
 
 #: The sub-commands, in the order ``glus --help`` lists them: modules of :mod:`glus.commands`.
-COMMANDS = ("demo", "segment", "evaluate", "submit", "convert", "infer", "train", "data")
+COMMANDS = ("demo", "app", "segment", "evaluate", "submit", "convert", "infer", "train", "data")
 
 
 def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
