@@ -25,7 +25,7 @@ from glus.config import GLUSConfig, Sam2Config, TextConfig, VisionConfig, glus_7
 from glus.errors import GLUSError, ParameterError
 from glus.fileio import atomic_write_json, read_json, read_json_object, usual_permissions
 from glus.model.checkpoint_io import (describe_key_mismatch, drop_non_weights, load_state_dict, resolve_checkpoint,
-                                      save_safetensors_atomic)
+                                      safetensors_os_errors, save_safetensors_atomic)
 from glus.model.glus import GLUSModel
 from glus.model.quantize import check_quantization, quantize_llm
 from glus.model.sam2_model import Sam2Model
@@ -282,7 +282,8 @@ def save_pretrained(model: GLUSModel, folder: str | Path, tokenizer=None, *, sou
     # An old config.json would make a folder whose rewrite is interrupted look complete: it goes first.
     (folder / "config.json").unlink(missing_ok=True)
     tower_dir = folder / "vision_tower"
-    tower.clip.save_pretrained(tower_dir, safe_serialization=True)
+    with safetensors_os_errors(tower_dir / "model.safetensors"):
+        tower.clip.save_pretrained(tower_dir, safe_serialization=True)
     model.clip_processor.save_pretrained(tower_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)

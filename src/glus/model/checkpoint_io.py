@@ -13,11 +13,13 @@ Layouts read (spec section 6):
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 
@@ -132,17 +134,27 @@ def describe_key_mismatch(missing: Iterable[str], unexpected: Iterable[str], whe
 def save_safetensors_atomic(state: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
                             ) -> None:
     """Write a safetensors file atomically (a crash leaves no half-written weights)."""
-    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    with atomic_path(path) as tmp:
-        try:
-            # safetensors refuses shared storage; contiguous copies keep tied/viewed tensors apart.
-            save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-        except SafetensorError as exc:
-            # Its Rust writer reports a full disk as "... (os error 28)": hand it on as the OSError it is, naming
-            # the file, so callers (and the CLI's one-line report) treat it as any other refused write.
-            code = re.search(r"os error (\d+)", str(exc))
-            if code is None:
-                raise
-            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+    with atomic_path(path) as tmp, safetensors_os_errors(path):
+        # safetensors refuses shared storage; contiguous copies keep tied/viewed tensors apart.
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+
+
+@contextlib.contextmanager
+def safetensors_os_errors(path: str | Path) -> Iterator[None]:
+    """Turn safetensors' I/O failures into the OSError they are, naming ``path``.
+
+    Its Rust writer reports a full disk as a SafetensorError "... (os error 28)", also when transformers'
+    ``save_pretrained`` writes through it: callers (and the CLI's one-line report) then treat it as any other
+    refused write.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
