@@ -53,15 +53,12 @@ class OneLineParser(argparse.ArgumentParser):
     usage block first."""
 
     def error(self, message: str):  # type: ignore[override]
-        import sys
-
         # argparse writes "argument --max-batch: must be >= 1"; the rest of glus writes "--max-batch must be >= 1".
         if message.startswith("argument ") and ": " in message:
             flags, _, problem = message[len("argument "):].partition(": ")
             flag = max(flags.split("/"), key=len)
             message = f"{flag} {problem}" if problem.startswith("must ") else f"{flag}: {problem}"
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")  # argparse's own stderr path
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
