@@ -12,7 +12,7 @@ import torch
 from glus.data.synthetic import make_video
 from glus.inference.frames import FrameStore
 from glus.inference.pipeline import FastSegmenter
-from glus.inference.results import CollectSink
+from glus.inference.results import CollectSink, KeyFrameChoice
 from glus.model.checkpoint import from_pretrained
 from glus.tokenizer import GLUSTokenizer
 
@@ -20,7 +20,7 @@ from glus.tokenizer import GLUSTokenizer
 def _segment(segmenter: FastSegmenter, frames: list[np.ndarray], expressions: list[str]) -> np.ndarray:
     sink = CollectSink(len(frames), len(expressions))
     segmenter.segment(FrameStore(frames), expressions, [None] * len(expressions), sink)
-    return np.stack([sink.result(i, e, None, None).masks for i, e in enumerate(expressions)])
+    return np.stack([sink.result(i, e, KeyFrameChoice(None)).masks for i, e in enumerate(expressions)])
 
 
 def test_one_segmenter_two_videos_at_once(official_tiny) -> None:

@@ -10,7 +10,9 @@ Key frames come from three places:
   as the authors' script does: the frame *number* is located among the sorted frame numbers of the video;
 * an explicit index per call;
 * the built-in self-refining selector (:func:`select_key_frame`): a first forward pass scores every frame
-  (see :func:`frame_quality`), the best frame becomes the key frame, and the two passes run from it.
+  (:func:`score_first_pass`: the checkpoint's trained scorer, :mod:`glus.model.key_frame_scorer`, where it has one,
+  else the untrained heuristic :func:`frame_quality`), the best frame becomes the key frame, and the two passes run
+  from it.
 """
 
 from __future__ import annotations
@@ -18,18 +20,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from glus.errors import GLUSError, ParameterError
 from glus.fileio import read_json
 
+if TYPE_CHECKING:
+    from glus.model.key_frame_scorer import FirstPassRecord, KeyFrameScorer
+
 #: Where an expression's passes start: ``None`` (one forward pass from frame 0), a frame index, or ``"auto"`` (the
 #: built-in selector).
 KeyFrame = int | str | None
 #: The key-frame settings that name no frame (what a dataset run takes; its frames come from key-frame files).
 KEY_FRAME_MODES = ("none", "auto")
+#: What scores the first pass of ``key_frame="auto"``: the checkpoint's trained scorer, or the heuristic.
+TRAINED, HEURISTIC = "trained", "heuristic"
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,18 @@ def frame_quality(iou_prediction: float, object_score_logit: float, seg_generate
     if not seg_generated:
         return 0.0
     return float(iou_prediction) * (1.0 / (1.0 + math.exp(-float(object_score_logit))))
+
+
+def score_first_pass(record: "FirstPassRecord", scorer: "KeyFrameScorer | None" = None) -> tuple[np.ndarray, str]:
+    """``[T]`` scores of one expression's first pass and what made them (:data:`TRAINED` or :data:`HEURISTIC`).
+
+    With a trained ``scorer``, its predicted IoU of every frame's mask; without one, :func:`frame_quality`.
+    """
+    if scorer is not None:
+        return scorer.score(record), TRAINED
+    quality = [frame_quality(iou, obj, seg) for iou, obj, seg in zip(record.iou, record.object_score,
+                                                                     record.seg_generated)]
+    return np.array(quality, dtype=np.float64), HEURISTIC
 
 
 def select_key_frame(scores: Sequence[float]) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -32,10 +32,11 @@ from tqdm.auto import tqdm
 from glus.data.masks import decode_rle, encode_rle
 from glus.data.sampling import inference_context_frames, query_window
 from glus.inference.frames import FrameStore
-from glus.inference.keyframes import (KeyFrame, Pass, frame_quality, merge_passes, parse_key_frame, plan_passes,
-                                     select_key_frame)
+from glus.inference.keyframes import (HEURISTIC, TRAINED, KeyFrame, Pass, merge_passes, parse_key_frame, plan_passes,
+                                     score_first_pass, select_key_frame)
 from glus.inference.protocol import blank_prediction
 from glus.inference.results import CollectSink, ExpressionResult, FramePrediction, KeyFrameChoice, MaskSink
+from glus.model.key_frame_scorer import FirstPassRecord, KeyFrameScorer
 from glus.model.memory_bank import MemoryBank
 from glus.model.mllm import PrefixCache
 from glus.prompts import InferenceConversation, PromptBuilder, tokenizer_image_token
@@ -44,6 +45,25 @@ logger = logging.getLogger(__name__)
 
 # An item of a prompt signature: a token id, or ("img", frame index) for an <image> placeholder.
 _Item = int | tuple[str, int]
+
+
+class _FirstPassFrame(NamedTuple):
+    """A first-pass prediction kept until the key frame is chosen: the mask as RLE (it is final only if the selector
+    picks frame 0), the rest as the scorer reads it (:meth:`FirstPassRecord.from_predictions`)."""
+
+    rle: dict
+    seg_generated: bool
+    iou: float
+    object_score: float
+    embedding: np.ndarray | None
+    area: float
+
+    @classmethod
+    def keep(cls, pred: FramePrediction) -> "_FirstPassFrame":
+        return cls(encode_rle(pred.mask), pred.seg_generated, pred.iou, pred.object_score, pred.embedding, pred.area)
+
+    def prediction(self) -> FramePrediction:
+        return FramePrediction(decode_rle(self.rle), self.seg_generated, self.iou, self.object_score, self.embedding)
 
 
 @dataclass
@@ -86,25 +106,28 @@ class FastSegmenter:
         tokenizer: its :class:`glus.tokenizer.GLUSTokenizer`.
         max_batch: most prompts per LLM call.
         progress: show a progress bar per sweep.
+        scorer: the trained key-frame scorer that scores ``"auto"``'s first pass (``None``: the heuristic).
     """
 
-    def __init__(self, model, tokenizer, max_batch: int = 16, progress: bool = False) -> None:
+    def __init__(self, model, tokenizer, max_batch: int = 16, progress: bool = False,
+                 scorer: KeyFrameScorer | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = model.config
         self.builder = PromptBuilder.from_config(model.config)
         self.max_batch = max_batch
         self.progress = progress
+        self.scorer = scorer
 
     # ------------------------------------------------------------------ public
     @torch.inference_mode()
     def segment(self, frames: FrameStore, expressions: Sequence[str], key_frames: Sequence[KeyFrame],
-                sink: MaskSink) -> list[tuple[int | None, np.ndarray | None]]:
+                sink: MaskSink) -> list[KeyFrameChoice]:
         """Predict every frame of every expression into ``sink``.
 
         Returns:
             per expression: the key frame used (``None`` for one forward pass) and, for ``"auto"``, the first
-            pass's frame scores ``[T]``.
+            pass's frame scores ``[T]`` and what scored them.
         """
         num_frames = len(frames)
         if len(key_frames) != len(expressions):
@@ -114,6 +137,7 @@ class FastSegmenter:
 
         keys: list[int | None] = [None if k in (None, "auto") else int(k) for k in key_frames]
         first_scores: list[np.ndarray | None] = [None] * len(expressions)
+        selectors: list[str | None] = [None] * len(expressions)
         auto = [i for i, k in enumerate(key_frames) if k == "auto"]
         pending = [i for i in range(len(expressions)) if i not in auto]
         if auto:
@@ -121,18 +145,18 @@ class FastSegmenter:
 
             def keep(i: int) -> Callable[[int, FramePrediction], None]:
                 def put(frame: int, pred: FramePrediction) -> None:
-                    # RLE keeps the first pass small; it is final only if the selector picks frame 0.
-                    stored[i][frame] = (encode_rle(pred.mask), pred.seg_generated, pred.iou, pred.object_score)
+                    stored[i][frame] = _FirstPassFrame.keep(pred)
                 return put
 
             first = plan_passes(num_frames, None)[0]
             self._sweep(session, [self._track(i, expressions[i], first, keep(i)) for i in auto], "first pass")
             for i in auto:
-                first_scores[i] = np.array([frame_quality(iou, obj, s) for _, s, iou, obj in stored[i]])
+                record = FirstPassRecord.from_predictions(stored[i], self.config.prompt_dim)
+                first_scores[i], selectors[i] = score_first_pass(record, self.scorer)
                 keys[i] = select_key_frame(first_scores[i])
                 if keys[i] == 0:  # the first pass is already the answer
-                    for frame, (rle, s, iou, obj) in enumerate(stored[i]):
-                        sink.put(i, frame, FramePrediction(decode_rle(rle), s, iou, obj))
+                    for frame, kept in enumerate(stored[i]):
+                        sink.put(i, frame, kept.prediction())
                 else:
                     pending.append(i)
                 del stored[i]
@@ -146,7 +170,7 @@ class FastSegmenter:
                 (forward if q.direction == "forward" else backward).append(track)
         self._sweep(session, forward, "forward")
         self._sweep(session, backward, "backward")
-        return [(keys[i] or None, first_scores[i]) for i in range(len(expressions))]
+        return [KeyFrameChoice(keys[i] or None, first_scores[i], selectors[i]) for i in range(len(expressions))]
 
     # ------------------------------------------------------------------ passes
     def _track(self, index: int, expression: str, p: Pass, emit: Callable[[int, FramePrediction], None]) -> _Track:
@@ -198,7 +222,9 @@ class FastSegmenter:
             sam_frame = self.model.sam_encode_frame(session.frames[frame])
             preds = self.model.sam_decode(sam_frame, seg_embeddings[said_seg], [tracks[i].bank for i in said_seg],
                                           [steps[i] for i in said_seg], self.config.mem_stride_infer)
-            predictions = {i: FramePrediction(p.mask, True, p.iou, p.object_score) for i, p in zip(said_seg, preds)}
+            prompts = seg_embeddings[said_seg].float().cpu().numpy()  # one host copy: the key-frame scorer's input
+            predictions = {i: FramePrediction(p.mask, True, p.iou, p.object_score, prompts[j])
+                           for j, (i, p) in enumerate(zip(said_seg, preds))}
         for i, t in enumerate(tracks):
             pred = predictions.get(i) or blank_prediction(session.frames.size)
             t.conversation.record(i in predictions)
@@ -275,19 +301,21 @@ class FastSegmenter:
 
 def segment_video(model, tokenizer, frames: FrameStore, expressions: Sequence[str],
                   key_frames: KeyFrame | Sequence[KeyFrame] = None, *, sink: MaskSink | None = None,
-                  max_batch: int = 16, progress: bool = False) -> list[ExpressionResult] | list[KeyFrameChoice]:
+                  max_batch: int = 16, progress: bool = False, scorer: KeyFrameScorer | None = None
+                  ) -> list[ExpressionResult] | list[KeyFrameChoice]:
     """Fast-path segmentation of ``expressions`` on one video.
 
     With ``sink=None`` the masks are collected and returned as :class:`ExpressionResult` objects; with a sink
     (e.g. a PNG writer) nothing is kept in memory and each expression's :class:`KeyFrameChoice` is returned.
+    ``scorer``: the trained key-frame scorer for ``"auto"`` (``None``: the heuristic).
     """
     keys = list(key_frames) if isinstance(key_frames, (list, tuple)) else [key_frames] * len(expressions)
     collect = CollectSink(len(frames), len(expressions)) if sink is None else None
-    info = FastSegmenter(model, tokenizer, max_batch=max_batch, progress=progress).segment(
+    choices = FastSegmenter(model, tokenizer, max_batch=max_batch, progress=progress, scorer=scorer).segment(
         frames, expressions, keys, sink if sink is not None else collect)
     if collect is None:
-        return [KeyFrameChoice(key, scores) for key, scores in info]
-    return [collect.result(i, text, key, scores) for i, (text, (key, scores)) in enumerate(zip(expressions, info))]
+        return choices
+    return [collect.result(i, text, choice) for i, (text, choice) in enumerate(zip(expressions, choices))]
 
 
 class GLUSPipeline:
@@ -303,27 +331,47 @@ class GLUSPipeline:
         model: a :class:`~glus.model.glus.GLUSModel`; tokenizer: its :class:`~glus.tokenizer.GLUSTokenizer`.
         max_batch: most prompts per LLM call on the fast path.
         progress: show progress bars.
+        key_frame_scorer: the trained scorer of ``key_frame="auto"``'s first pass (``None``: the heuristic,
+            :func:`glus.inference.keyframes.frame_quality`).
     """
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 16, progress: bool = True) -> None:
+    def __init__(self, model, tokenizer, *, max_batch: int = 16, progress: bool = True,
+                 key_frame_scorer: KeyFrameScorer | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.progress = progress
+        self.key_frame_scorer = key_frame_scorer
+
+    @property
+    def key_frame_selector(self) -> str:
+        """What scores ``key_frame="auto"``'s first pass: ``"trained"`` or ``"heuristic"``."""
+        return TRAINED if self.key_frame_scorer is not None else HEURISTIC
 
     @classmethod
     def from_pretrained(cls, path_or_id, *, vision_tower=None, sam2_config=None, compat=None,
                         device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
-                        load_in_bits: int | None = None, **kwargs) -> "GLUSPipeline":
-        """Load model and tokenizer (:func:`glus.model.checkpoint.from_pretrained`); ``kwargs`` go to the pipeline."""
+                        load_in_bits: int | None = None, key_frame_scorer: str | None = "auto",
+                        **kwargs) -> "GLUSPipeline":
+        """Load model, tokenizer (:func:`glus.model.checkpoint.from_pretrained`) and key-frame scorer; ``kwargs`` go
+        to the pipeline.
+
+        ``key_frame_scorer``: ``"auto"`` (the checkpoint's trained scorer where it has one, else the heuristic),
+        ``"trained"`` (the checkpoint's, or an error), ``"heuristic"``, or a folder holding a scorer
+        (:func:`glus.model.key_frame_scorer.key_frame_scorer_for`).
+        """
         from glus.model.checkpoint import from_pretrained
         from glus.model.checkpoint_io import resolve_checkpoint
+        from glus.model.key_frame_scorer import check_scorer_choice, key_frame_scorer_for
         from glus.tokenizer import GLUSTokenizer
 
+        check_scorer_choice(key_frame_scorer)  # before the model loads
         model = from_pretrained(path_or_id, vision_tower=vision_tower, sam2_config=sam2_config, compat=compat,
                                 device=device, dtype=dtype, load_in_bits=load_in_bits)
-        tokenizer = GLUSTokenizer.from_pretrained(resolve_checkpoint(path_or_id))
-        return cls(model, tokenizer, **kwargs)
+        folder = resolve_checkpoint(path_or_id)
+        tokenizer = GLUSTokenizer.from_pretrained(folder)
+        scorer = key_frame_scorer_for(folder, key_frame_scorer, model.device)
+        return cls(model, tokenizer, key_frame_scorer=scorer, **kwargs)
 
     def check_expressions(self, expressions: Sequence[str]) -> None:
         """One-line errors for expressions the model cannot take: what
@@ -379,13 +427,14 @@ class GLUSPipeline:
                     raise GLUSError(f"key frame {k} outside the video's frames 0..{len(frames) - 1}")
             if mode == "fast":
                 return segment_video(self.model, self.tokenizer, frames, texts, keys, sink=sink,
-                                     max_batch=self.max_batch, progress=self.progress)
+                                     max_batch=self.max_batch, progress=self.progress, scorer=self.key_frame_scorer)
             if mode != "reference":
                 raise GLUSError(f"unknown mode {mode!r}; choose fast or reference")
-            results = [segment_reference(self.model, self.tokenizer, frames, text, k, sink=sink, expression_index=i)
+            results = [segment_reference(self.model, self.tokenizer, frames, text, k, sink=sink, expression_index=i,
+                                         scorer=self.key_frame_scorer)
                        for i, (text, k) in enumerate(zip(texts, keys))]
             if sink is not None:
-                return [KeyFrameChoice(r.key_frame, r.first_pass_scores) for r in results]
+                return [KeyFrameChoice(r.key_frame, r.first_pass_scores, r.key_frame_selector) for r in results]
             return results
         finally:
             if owned:

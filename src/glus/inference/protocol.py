@@ -15,8 +15,9 @@ import torch
 
 from glus.data.sampling import inference_context_frames, query_window
 from glus.inference.frames import FrameStore
-from glus.inference.keyframes import Pass, plan_passes, select_key_frame
-from glus.inference.results import CollectSink, ExpressionResult, FramePrediction, MaskSink
+from glus.inference.keyframes import Pass, plan_passes, score_first_pass, select_key_frame
+from glus.inference.results import CollectSink, ExpressionResult, FramePrediction, KeyFrameChoice, MaskSink
+from glus.model.key_frame_scorer import FirstPassRecord, KeyFrameScorer
 from glus.model.memory_bank import MemoryBank
 from glus.prompts import InferenceConversation, PromptBuilder, build_input_ids
 
@@ -45,7 +46,8 @@ def run_pass_reference(model, tokenizer, frames: FrameStore, expression: str, p:
         if seg:
             sam_frame = model.sam_encode_frame(frames[frame])
             (pred,) = model.sam_decode(sam_frame, token.seg_embedding, [bank], [step], stride)
-            out.append(FramePrediction(pred.mask, True, pred.iou, pred.object_score))
+            out.append(FramePrediction(pred.mask, True, pred.iou, pred.object_score,
+                                       token.seg_embedding[0].float().cpu().numpy()))
         else:
             out.append(blank_prediction(frames.size))
         conversation.record(seg)
@@ -54,21 +56,24 @@ def run_pass_reference(model, tokenizer, frames: FrameStore, expression: str, p:
 
 def segment_reference(model, tokenizer, frames: FrameStore, expression: str,
                       key_frame: int | str | None = None, sink: MaskSink | None = None,
-                      expression_index: int = 0) -> ExpressionResult:
+                      expression_index: int = 0, scorer: KeyFrameScorer | None = None) -> ExpressionResult:
     """Segment one expression with the reference protocol.
 
     Args:
         key_frame: ``None`` (one forward pass), a frame index (forward from it, then backward), or ``"auto"``
-            (first forward pass, best frame by :attr:`FramePrediction.score`, then the two passes).
+            (first forward pass, best frame by :func:`glus.inference.keyframes.score_first_pass`, then the two
+            passes).
         sink: also receives every final prediction.
+        scorer: the trained key-frame scorer for ``"auto"`` (``None``: the heuristic).
     """
     num_frames = len(frames)
     context = inference_context_frames(num_frames, model.config.context_frames)
-    first_scores = None
+    first_scores, selector = None, None
     collected = CollectSink(num_frames, expression_index + 1)
     if key_frame == "auto":
         first = run_pass_reference(model, tokenizer, frames, expression, plan_passes(num_frames, None)[0], context)
-        first_scores = np.array([p.score for p in first])
+        record = FirstPassRecord.from_predictions(first, model.config.prompt_dim)
+        first_scores, selector = score_first_pass(record, scorer)
         key_frame = select_key_frame(first_scores)
         passes = plan_passes(num_frames, key_frame)
         results = [first] if key_frame == 0 else [run_pass_reference(model, tokenizer, frames, expression, q, context)
@@ -82,4 +87,4 @@ def segment_reference(model, tokenizer, frames: FrameStore, expression: str,
     for frame in range(num_frames):
         if sink is not None:
             sink.put(expression_index, frame, collected.predictions[(expression_index, frame)])
-    return collected.result(expression_index, expression, key_frame or None, first_scores)
+    return collected.result(expression_index, expression, KeyFrameChoice(key_frame or None, first_scores, selector))

@@ -19,12 +19,20 @@ class FramePrediction:
         seg_generated: whether the model emitted ``[SEG]`` for the frame (else the mask is blank).
         iou: SAM-2's predicted IoU of the chosen mask (0 when no ``[SEG]``).
         object_score: SAM-2's object-score logit (``-inf`` when no ``[SEG]``).
+        embedding: ``[prompt_dim]`` float32 the ``[SEG]`` prompt that made the mask (``None`` when no ``[SEG]``):
+            an input of the trained key-frame scorer (:mod:`glus.model.key_frame_scorer`).
     """
 
     mask: np.ndarray
     seg_generated: bool
     iou: float = 0.0
     object_score: float = float("-inf")
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def area(self) -> float:
+        """The fraction of the frame the mask covers."""
+        return float(np.count_nonzero(self.mask)) / max(1, self.mask.size)
 
     @property
     def score(self) -> float:
@@ -39,10 +47,13 @@ class KeyFrameChoice:
     Attributes:
         key_frame: the key frame the passes propagate from (``None``: one forward pass from frame 0).
         first_pass_scores: ``[T]`` the selector's first-pass frame scores (only with ``key_frame="auto"``).
+        selector: what scored them: ``"trained"`` (the checkpoint's key-frame scorer) or ``"heuristic"``
+            (:func:`glus.inference.keyframes.frame_quality`); ``None`` without ``key_frame="auto"``.
     """
 
     key_frame: int | None
     first_pass_scores: np.ndarray | None = None
+    selector: str | None = None
 
 
 class MaskSink(Protocol):
@@ -62,6 +73,7 @@ class ExpressionResult:
         scores: ``[T]`` float, the frame quality of the pass that produced each frame's mask.
         key_frame: the key frame used (``None``: one forward pass from frame 0).
         first_pass_scores: ``[T]`` scores of the selector's first pass (only with ``key_frame="auto"``).
+        key_frame_selector: what scored the first pass (:attr:`KeyFrameChoice.selector`).
     """
 
     expression: str
@@ -70,6 +82,7 @@ class ExpressionResult:
     scores: np.ndarray
     key_frame: int | None = None
     first_pass_scores: np.ndarray | None = None
+    key_frame_selector: str | None = None
 
 
 @dataclass
@@ -83,8 +96,7 @@ class CollectSink:
     def put(self, expression_index: int, frame_index: int, prediction: FramePrediction) -> None:
         self.predictions[(expression_index, frame_index)] = prediction
 
-    def result(self, expression_index: int, expression: str, key_frame: int | None,
-               first_pass_scores: np.ndarray | None = None) -> ExpressionResult:
+    def result(self, expression_index: int, expression: str, choice: KeyFrameChoice) -> ExpressionResult:
         preds = []
         for t in range(self.num_frames):
             try:
@@ -96,6 +108,7 @@ class CollectSink:
             masks=np.stack([p.mask for p in preds]),
             seg_generated=np.array([p.seg_generated for p in preds]),
             scores=np.array([p.score for p in preds], dtype=np.float64),
-            key_frame=key_frame,
-            first_pass_scores=first_pass_scores,
+            key_frame=choice.key_frame,
+            first_pass_scores=choice.first_pass_scores,
+            key_frame_selector=choice.selector,
         )
