@@ -76,3 +76,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--load-in", type=int, default=None, choices=(4, 8), dest="load_in_bits",
                    help="load the LLM in 4 or 8 bits with bitsandbytes (CUDA only)")
+    p.add_argument("--key-frame-scorer", default="auto", metavar="auto|trained|heuristic|DIR",
+                   help="what scores --key-frame auto's first pass: the checkpoint's trained scorer where it has one "
+                        "(auto), it or an error (trained), the untrained heuristic, or a folder holding a scorer "
+                        "(glus train scorer --out)")

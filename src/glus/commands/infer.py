@@ -31,22 +31,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-index", type=at_least(0), default=None, help="the shard this process runs, 0..N-1")
     p.add_argument("--max-batch", type=at_least(1), default=16, help="most prompts per LLM call")
     p.add_argument("--limit-videos", type=at_least(1), default=None, help="only the first N videos of the split")
+    p.add_argument("--save-frame-features", action="store_true",
+                   help="also write each expression's first-pass record (.frame_features.npz), what glus train "
+                        "scorer learns from with glus evaluate --per-frame's labels (--key-frame none only)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from glus.inference.runner import SUMMARY_NAME, InferSettings, read_summary, run_dataset
+    from glus.inference.runner import KEY_FRAMES_NAME, SUMMARY_NAME, InferSettings, read_summary, run_dataset
 
     settings = InferSettings(
         args.dataset, args.split_dir, args.out_dir, args.model, split=args.split, vision_tower=args.vision_tower,
         sam2_config=args.sam2_config, compat=args.compat, device=args.device, dtype=args.dtype,
         load_in_bits=args.load_in_bits, key_frame=args.key_frame, key_frame_json=args.key_frame_json,
         num_shards=args.num_shards, shard_index=args.shard_index, max_batch=args.max_batch,
-        limit_videos=args.limit_videos)
+        limit_videos=args.limit_videos, key_frame_scorer=args.key_frame_scorer,
+        save_frame_features=args.save_frame_features)
     report = run_dataset(settings)
     totals = (read_summary(args.out_dir) or {}).get("totals", {})
     logger.info("%d of %d shard(s) complete; summary: %s", totals.get("shards_complete", 0), report.num_shards,
                 Path(args.out_dir) / SUMMARY_NAME)
+    if settings.key_frame_mode() == "auto":
+        logger.info("key frames (%s selector): %s", report.key_frame_selector or "earlier run's",
+                    Path(args.out_dir) / KEY_FRAMES_NAME)
     return 0

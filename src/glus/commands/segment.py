@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         args.video, args.expressions, args.model, args.out_dir, key_frame=args.key_frame, mode=args.mode,
         start=args.start, stride=args.stride, max_frames=args.max_frames, device=args.device, dtype=args.dtype,
         vision_tower=args.vision_tower, sam2_config=args.sam2_config, compat=args.compat,
-        load_in_bits=args.load_in_bits, max_batch=args.max_batch, rle=args.rle, overlay=not args.no_overlay)
+        load_in_bits=args.load_in_bits, max_batch=args.max_batch, rle=args.rle, overlay=not args.no_overlay,
+        key_frame_scorer=args.key_frame_scorer)
     logger.info("segmented %d expression(s) x %d frames in %.1fs -> %s", written.num_expressions,
                 written.num_frames, written.seconds, written.out_dir)
     if written.overlay is not None:

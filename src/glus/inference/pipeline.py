@@ -36,7 +36,7 @@ from glus.inference.keyframes import (HEURISTIC, TRAINED, KeyFrame, Pass, merge_
                                      score_first_pass, select_key_frame)
 from glus.inference.protocol import blank_prediction
 from glus.inference.results import CollectSink, ExpressionResult, FramePrediction, KeyFrameChoice, MaskSink
-from glus.model.key_frame_scorer import FirstPassRecord, KeyFrameScorer
+from glus.model.key_frame_scorer import FirstPassRecord, FrameSummary, KeyFrameScorer
 from glus.model.memory_bank import MemoryBank
 from glus.model.mllm import PrefixCache
 from glus.prompts import InferenceConversation, PromptBuilder, tokenizer_image_token
@@ -49,21 +49,18 @@ _Item = int | tuple[str, int]
 
 class _FirstPassFrame(NamedTuple):
     """A first-pass prediction kept until the key frame is chosen: the mask as RLE (it is final only if the selector
-    picks frame 0), the rest as the scorer reads it (:meth:`FirstPassRecord.from_predictions`)."""
+    picks frame 0) and what the scorer reads of it."""
 
     rle: dict
-    seg_generated: bool
-    iou: float
-    object_score: float
-    embedding: np.ndarray | None
-    area: float
+    summary: FrameSummary
 
     @classmethod
     def keep(cls, pred: FramePrediction) -> "_FirstPassFrame":
-        return cls(encode_rle(pred.mask), pred.seg_generated, pred.iou, pred.object_score, pred.embedding, pred.area)
+        return cls(encode_rle(pred.mask), FrameSummary.of(pred))
 
     def prediction(self) -> FramePrediction:
-        return FramePrediction(decode_rle(self.rle), self.seg_generated, self.iou, self.object_score, self.embedding)
+        s = self.summary
+        return FramePrediction(decode_rle(self.rle), s.seg_generated, s.iou, s.object_score, s.embedding)
 
 
 @dataclass
@@ -151,7 +148,7 @@ class FastSegmenter:
             first = plan_passes(num_frames, None)[0]
             self._sweep(session, [self._track(i, expressions[i], first, keep(i)) for i in auto], "first pass")
             for i in auto:
-                record = FirstPassRecord.from_predictions(stored[i], self.config.prompt_dim)
+                record = FirstPassRecord.from_predictions([f.summary for f in stored[i]], self.config.prompt_dim)
                 first_scores[i], selectors[i] = score_first_pass(record, self.scorer)
                 keys[i] = select_key_frame(first_scores[i])
                 if keys[i] == 0:  # the first pass is already the answer

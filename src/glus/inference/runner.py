@@ -18,6 +18,15 @@ the others (removing temporary files an interrupted write left behind); a video 
 is not even opened, and a run with nothing left to do does not load the model. The summary records the settings
 that decide the masks (model, precision, key frames, ...: :meth:`InferSettings.mask_settings`); a rerun with other
 settings into the same folder is refused, so one folder never mixes the masks of two configurations.
+
+Key frames. With ``key_frame "auto"`` every expression folder also gets ``.key_frame.json`` (the frame chosen, what
+scored the first pass, its scores) before it counts as done, and each shard's end gathers them into
+``<out>/key_frames.json``, the released format ``{"<video>_<exp_id>": "<frame>"}`` that ``--key-frame-json`` (and the
+authors' own key-frame inference) reads, and ``<out>/key_frame_scores.json`` with the details.
+
+Scorer labels. ``save_frame_features`` (one forward pass from frame 0 only, so that the PNGs are that pass's masks)
+writes ``.frame_features.npz`` (:class:`glus.model.key_frame_scorer.FirstPassRecord`) into every expression folder:
+with ``glus evaluate --per-frame`` on the same folder, what ``glus train scorer`` fits a key-frame scorer on.
 """
 
 from __future__ import annotations
@@ -42,12 +51,19 @@ from glus.errors import GLUSError, ParameterError
 from glus.fileio import atomic_write_json, read_json
 from glus.inference.keyframes import KeyFrame, load_key_frame_json, parse_key_frame, resolve_key_frame
 from glus.inference.writers import ensure_writable_dir, expression_dir, is_expression_done
+from glus.model.key_frame_scorer import WEIGHTS_NAME, check_scorer_choice, has_key_frame_scorer
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "infer_summary.json"
 SUMMARY_FORMAT = "glus-infer-summary"
 SUMMARY_VERSION = 1
+#: Per expression folder: the key frame ``"auto"`` chose, and the first pass's record for scorer training.
+KEY_FRAME_RECORD = ".key_frame.json"
+FEATURES_NAME = ".frame_features.npz"
+#: Per output folder, with ``"auto"``: the chosen key frames in the released format, and with their scores.
+KEY_FRAMES_NAME = "key_frames.json"
+KEY_FRAME_SCORES_NAME = "key_frame_scores.json"
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -68,6 +84,10 @@ class InferSettings:
         num_shards, shard_index: this process's shard (else ``torchrun``'s ``RANK`` / ``WORLD_SIZE``, else all).
         max_batch: most prompts per LLM call.
         limit_videos: only the first ``N`` videos of the split (in the dataset's order), before sharding.
+        key_frame_scorer: what scores ``"auto"``'s first pass: ``auto`` (the checkpoint's trained scorer where it
+            has one, else the heuristic), ``trained``, ``heuristic``, or a folder holding a scorer.
+        save_frame_features: also write each expression's first-pass record (``.frame_features.npz``), the inputs
+            of scorer training; only with one forward pass from frame 0 (``key_frame "none"``, no key-frame file).
     """
 
     dataset: str
@@ -87,6 +107,8 @@ class InferSettings:
     shard_index: int | None = None
     max_batch: int = 16
     limit_videos: int | None = None
+    key_frame_scorer: str | Path = "auto"
+    save_frame_features: bool = False
 
     def check(self) -> None:
         """One-line errors for values that are wrong whatever the data (cheap: no file is read)."""
@@ -99,6 +121,10 @@ class InferSettings:
         if self.limit_videos is not None and self.limit_videos < 1:
             raise ParameterError(f"{{limit_videos}} must be >= 1, got {self.limit_videos}")
         check_compat(self.compat)
+        check_scorer_choice(self.key_frame_scorer)
+        if self.save_frame_features and (self.key_frame_mode() != "none" or self.key_frame_json is not None):
+            raise ParameterError("{save_frame_features} needs one forward pass from frame 0 ({key_frame} none, no "
+                                 "{key_frame_json}): the features must be those of the pass that made the masks")
 
     def key_frame_mode(self) -> str:
         """``key_frame`` checked and in one spelling: ``"none"`` or ``"auto"``."""
@@ -112,7 +138,7 @@ class InferSettings:
         """
         from glus.model.checkpoint import parse_dtype
 
-        return {
+        settings = {
             "dataset": self.dataset, "split": split, "model": _identity(self.model),
             "vision_tower": _identity(self.vision_tower), "sam2_config": _identity(self.sam2_config),
             "compat": self.compat, "dtype": str(parse_dtype(self.dtype)).removeprefix("torch."),
@@ -120,10 +146,41 @@ class InferSettings:
             "key_frame_json": None if self.key_frame_json is None else {
                 "path": _identity(self.key_frame_json), "sha256": _file_digest(Path(self.key_frame_json))},
         }
+        if self.key_frame_mode() == "auto":  # which scorer picks the key frames decides the masks too
+            settings["key_frame_scorer"] = self.scorer_identity()
+        return settings
+
+    def scorer_identity(self) -> str | dict[str, str]:
+        """What will score ``"auto"``'s first pass, found without loading anything: ``"heuristic"``, or the scorer's
+        weights file with its SHA-256 (a local checkpoint's own, or the folder ``key_frame_scorer`` names; hub
+        checkpoints carry none)."""
+        choice = str(self.key_frame_scorer)
+        if choice == "heuristic":
+            return "heuristic"
+        if choice in ("auto", "trained"):
+            folder = Path(self.model).expanduser()
+            if not (folder.is_dir() and has_key_frame_scorer(folder)):
+                if choice == "trained":
+                    raise GLUSError("the checkpoint has no trained key-frame scorer (train one with glus train "
+                                    "scorer, or pass its folder)", self.model)
+                return "heuristic"
+        else:
+            folder = Path(choice).expanduser()
+            folder = folder.parent if folder.is_file() else folder
+        weights = folder / WEIGHTS_NAME
+        if not weights.is_file():
+            raise GLUSError("no key-frame scorer here (key_frame_scorer.safetensors)", folder)
+        return {"path": _identity(weights), "sha256": _file_digest(weights)}
 
     def run_settings(self) -> dict[str, Any]:
         """The settings in the summary's ``"run"``: what a rerun may change without changing a mask."""
-        return {"split_dir": _identity(self.split_dir), "limit_videos": self.limit_videos, "max_batch": self.max_batch}
+        return {"split_dir": _identity(self.split_dir), "limit_videos": self.limit_videos, "max_batch": self.max_batch,
+                "save_frame_features": self.save_frame_features}
+
+    def required_files(self) -> tuple[str, ...]:
+        """What an expression folder must hold besides its PNGs to count as done in this run."""
+        return ((KEY_FRAME_RECORD,) if self.key_frame_mode() == "auto" else ()) + \
+            ((FEATURES_NAME,) if self.save_frame_features else ())
 
 
 def expression_frames(video: Video) -> int:
@@ -269,6 +326,8 @@ class ShardReport:
         expressions_done_before: expressions already finished by an earlier run (skipped).
         expressions_written: expressions finished by this run; frames_written: PNGs written.
         model_load_seconds, seconds: time to load the model (0 when nothing was left to do) and in total.
+        key_frame_selector: what scored ``"auto"``'s first passes (``"trained"`` or ``"heuristic"``; ``None``
+            without ``"auto"`` or when nothing was left to do).
     """
 
     shard_index: int
@@ -288,6 +347,7 @@ class ShardReport:
     model_load_seconds: float = 0.0
     seconds: float = 0.0
     expression_frames_per_second: float | None = None
+    key_frame_selector: str | None = None
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -308,6 +368,59 @@ class _CountingSink:
         self.bar.update(1)
 
 
+class _FeatureSink:
+    """Keeps each expression's predictions and writes its first-pass record (``.frame_features.npz``) before its
+    last frame goes on to the PNG sink, which then marks the expression done: a done expression has its record."""
+
+    def __init__(self, sink, exp_dirs: Sequence[Path], num_frames: int, embedding_dim: int) -> None:
+        self.sink, self.exp_dirs, self.num_frames, self.embedding_dim = sink, list(exp_dirs), num_frames, embedding_dim
+        self.kept: dict[int, dict[int, Any]] = {}
+
+    def put(self, expression_index: int, frame_index: int, prediction) -> None:
+        from glus.model.key_frame_scorer import FirstPassRecord, FrameSummary
+
+        kept = self.kept.setdefault(expression_index, {})
+        kept[frame_index] = FrameSummary.of(prediction)  # not the mask: it is on its way to a PNG
+        if len(kept) == self.num_frames:
+            preds = [kept[t] for t in range(self.num_frames)]
+            FirstPassRecord.from_predictions(preds, self.embedding_dim).save(self.exp_dirs[expression_index] /
+                                                                             FEATURES_NAME)
+            del self.kept[expression_index]
+        self.sink.put(expression_index, frame_index, prediction)
+
+
+def write_key_frame_record(exp_dir: Path, choice, frame_names: Sequence[str]) -> None:
+    """``<exp_dir>/.key_frame.json``: the frame an expression's passes started from and what chose it."""
+    index = choice.key_frame or 0
+    scores = None if choice.first_pass_scores is None else [round(float(x), 6) for x in choice.first_pass_scores]
+    atomic_write_json(exp_dir / KEY_FRAME_RECORD, {"key_frame": index, "frame": frame_names[index],
+                                                   "selector": choice.selector, "scores": scores})
+
+
+def gather_key_frames(out_dir: Path, videos: Sequence[Video]) -> dict[str, str]:
+    """Collect the expressions' ``.key_frame.json`` into ``<out>/key_frames.json`` (released format) and
+    ``<out>/key_frame_scores.json`` (``{"<video>_<exp_id>": {"frame", "index", "selector", "scores"}}``).
+
+    Every video of the run is looked at, not only this shard's, under the folder lock: whichever shard ends last
+    writes the complete files. Returns the released-format table.
+    """
+    table: dict[str, str] = {}
+    details: dict[str, Any] = {}
+    for video in videos:
+        for exp_id, expression in video.expressions.items():
+            path = expression_dir(out_dir, video.video_id, exp_id) / KEY_FRAME_RECORD
+            if not path.is_file():
+                continue
+            record = read_json(path, "key-frame record")
+            table[expression.key] = str(record["frame"])
+            details[expression.key] = {"frame": str(record["frame"]), "index": int(record["key_frame"]),
+                                       "selector": record.get("selector"), "scores": record.get("scores")}
+    with _folder_lock(out_dir):
+        atomic_write_json(out_dir / KEY_FRAMES_NAME, table, indent=1)
+        atomic_write_json(out_dir / KEY_FRAME_SCORES_NAME, details)
+    return table
+
+
 def _clean_partial(exp_dir: Path, frame_names: Sequence[str]) -> None:
     """Remove what an interrupted run left in an unfinished expression folder: temp files, stray PNGs."""
     if not exp_dir.is_dir():
@@ -320,12 +433,16 @@ def _clean_partial(exp_dir: Path, frame_names: Sequence[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-def pending_expressions(out_dir: Path, videos: Sequence[Video]) -> dict[str, list[str]]:
-    """``{video: [exp_id, ...]}`` of the expressions without a complete, marked set of PNGs in ``out_dir``."""
+def pending_expressions(out_dir: Path, videos: Sequence[Video], required: Sequence[str] = ()) -> dict[str, list[str]]:
+    """``{video: [exp_id, ...]}`` of the expressions without a complete, marked set of PNGs in ``out_dir`` (and the
+    ``required`` files, :meth:`InferSettings.required_files`)."""
+
+    def done(exp_dir: Path, frame_names: Sequence[str]) -> bool:
+        return is_expression_done(exp_dir, frame_names) and all((exp_dir / name).is_file() for name in required)
+
     pending: dict[str, list[str]] = {}
     for video in videos:
-        left = [e for e in video.expressions
-                if not is_expression_done(expression_dir(out_dir, video.video_id, e), video.frame_names)]
+        left = [e for e in video.expressions if not done(expression_dir(out_dir, video.video_id, e), video.frame_names)]
         if left:
             pending[video.video_id] = left
     return pending
@@ -381,7 +498,7 @@ def run_dataset(settings: InferSettings, *, progress: bool = True,
                          expressions=sum(len(v.expressions) for v in mine),
                          expression_frames=sum(weights[v.video_id] for v in mine))
     # Which expressions are left: decided once, before the model loads (and not at all if nothing is left).
-    pending = pending_expressions(out, mine)
+    pending = pending_expressions(out, mine, settings.required_files())
     left = {(vid, e) for vid, exps in pending.items() for e in exps}
     report.expressions_done_before = report.expressions - len(left)
     check_frames([data.videos[vid] for vid in pending])
@@ -394,6 +511,8 @@ def run_dataset(settings: InferSettings, *, progress: bool = True,
         if pending:
             _segment(out, data.videos, pending, plan, report, done_frames, settings, device=device,
                      progress=progress, shard=shard)
+        if mode == "auto":
+            gather_key_frames(out, videos)
         report.status = "complete"
     except KeyboardInterrupt:
         report.status = "interrupted"
@@ -431,8 +550,12 @@ def _segment(out: Path, videos: Mapping[str, Video], pending: Mapping[str, list[
     pipe = GLUSPipeline.from_pretrained(settings.model, vision_tower=settings.vision_tower,
                                         sam2_config=settings.sam2_config, compat=settings.compat, device=device,
                                         dtype=settings.dtype, load_in_bits=settings.load_in_bits,
-                                        max_batch=settings.max_batch, progress=False)
+                                        max_batch=settings.max_batch, progress=False,
+                                        key_frame_scorer=settings.key_frame_scorer)
     report.model_load_seconds = round(time.perf_counter() - loading, 3)
+    auto = settings.key_frame_mode() == "auto"
+    if auto:
+        report.key_frame_selector = pipe.key_frame_selector
     for video_id, exp_ids in pending.items():  # every expression must fit the model before the first PNG
         for exp_id in exp_ids:
             try:
@@ -456,11 +579,17 @@ def _segment(out: Path, videos: Mapping[str, Video], pending: Mapping[str, list[
 
             with FrameStore(open_video(video.frame_paths)) as frames:  # one image per frame: check_frames
                 sink = PngMaskSink(exp_dirs, video.frame_names, on_done=finished)
-                pipe(frames, [video.expressions[e].text for e in exp_ids], [plan[video_id][e] for e in exp_ids],
-                     sink=_CountingSink(sink, bar, report))
+                counting = _CountingSink(sink, bar, report)
+                choices = pipe(frames, [video.expressions[e].text for e in exp_ids],
+                               [plan[video_id][e] for e in exp_ids],
+                               sink=_FeatureSink(counting, exp_dirs, len(frames), pipe.model.config.prompt_dim)
+                               if settings.save_frame_features else counting)
             unfinished = [e for i, e in enumerate(exp_ids) if not sink.done(i)]
             if unfinished:  # the pipeline owes one mask per frame; a gap would be a bug, not a user error
                 raise RuntimeError(f"video {video_id}: expressions {unfinished} did not receive every frame")
+            if auto:
+                for exp_dir, choice in zip(exp_dirs, choices):
+                    write_key_frame_record(exp_dir, choice, video.frame_names)
 
 
 __all__ = [

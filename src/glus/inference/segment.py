@@ -6,8 +6,9 @@ Output folder layout::
     DIR/<i>/<frame>.png          8-bit 0/255 mask of the i-th expression (frame names from the input)
     DIR/overlay.mp4              masks drawn over the frames (+ overlay.gif for short clips, overlay_sheet.png)
     DIR/masks_rle.json           with rle=True: {"<i>": {"<frame>": COCO RLE}}
-    DIR/scores.json              {"<i>": {"key_frame", "key_frame_mode", "scores" (per frame, of the pass that made its mask),
-                                 "first_pass_scores" (key-frame selection's first pass, or null)}}
+    DIR/scores.json              {"<i>": {"key_frame", "key_frame_mode", "key_frame_selector" ("trained", "heuristic"
+                                 or null without auto), "scores" (per frame, the heuristic quality of the pass that made
+                                 its mask), "first_pass_scores" (key-frame selection's first pass, or null)}}
 
 Everything the user can get wrong (unreadable video, empty expression, unwritable folder, bad key frame) is
 checked before the model is loaded, and reported on one line.
@@ -32,6 +33,7 @@ from glus.inference.frames import FrameStore
 from glus.inference.keyframes import KeyFrame, parse_key_frame
 from glus.inference.writers import (PngMaskSink, atomic_write_json, ensure_writable_dir, publish_folder, segment_dir,
                                     write_expressions_json, write_rle_json)
+from glus.model.key_frame_scorer import check_scorer_choice
 from glus.prompts import PromptBuilder
 
 __all__ = ["SegmentOutput", "segment_to_folder"]
@@ -59,7 +61,8 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
                       max_frames: int | None = None, device: str = "cpu", dtype: str = "fp32",
                       vision_tower: str | Path | None = None, sam2_config: str | Path | None = None,
                       compat: str | None = None, load_in_bits: int | None = None, max_batch: int = 16,
-                      rle: bool = False, overlay: bool = True, pipeline=None) -> SegmentOutput:
+                      rle: bool = False, overlay: bool = True, key_frame_scorer: str | Path | None = "auto",
+                      pipeline=None) -> SegmentOutput:
     """Segment ``expressions`` on one video into ``out_dir`` (the layout of the module docstring).
 
     Args:
@@ -73,6 +76,8 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
         start, stride, max_frames: which frames: every ``stride``-th from ``start``, at most ``max_frames``.
         max_batch: most prompts per LLM call.
         rle: also write ``masks_rle.json``; overlay: draw the overlay video.
+        key_frame_scorer: what scores ``"auto"``'s first pass (``auto``, ``trained``, ``heuristic`` or a scorer
+            folder: :func:`glus.model.key_frame_scorer.key_frame_scorer_for`).
         pipeline: an already loaded :class:`~glus.inference.pipeline.GLUSPipeline` to run instead of loading
             ``model`` (``glus app`` keeps one for every request).
 
@@ -87,6 +92,7 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
         raise ParameterError("{stride} and {max_frames} must be >= 1, {start} >= 0")
     if max_batch < 1:
         raise ParameterError(f"{{max_batch}} must be >= 1, got {max_batch}")
+    check_scorer_choice(key_frame_scorer)
     device = resolve_device(device)
     check_device(device)  # a missing GPU costs a second, not a model load
     out = ensure_writable_dir(out_dir)
@@ -102,7 +108,8 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
     started = time.perf_counter()
     pipe = pipeline or GLUSPipeline.from_pretrained(model, vision_tower=vision_tower, sam2_config=sam2_config,
                                                     compat=compat, device=device, dtype=dtype,
-                                                    load_in_bits=load_in_bits, max_batch=max_batch)
+                                                    load_in_bits=load_in_bits, max_batch=max_batch,
+                                                    key_frame_scorer=key_frame_scorer)
     # Everything is written into a hidden staging folder and moved into DIR only once complete: a run that fails
     # (a full disk, an interrupt) leaves DIR as it was, with nothing half-written.
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".partial-"))
@@ -115,6 +122,7 @@ def segment_to_folder(video: str | Path, expressions: Sequence[str], model: str 
             write_expressions_json(stage / "expressions.json", expressions)
             atomic_write_json(stage / "scores.json", {str(i): {
                 "key_frame": c.key_frame or 0, "key_frame_mode": "none" if key_frame is None else str(key_frame),
+                "key_frame_selector": c.selector,
                 "scores": [sink.scores[(i, t)] for t in range(len(frames))],
                 "first_pass_scores": None if c.first_pass_scores is None else c.first_pass_scores.tolist(),
             } for i, c in enumerate(choices)}, indent=1)

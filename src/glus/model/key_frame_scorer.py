@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,22 @@ CONFIG_NAME = "key_frame_scorer.json"
 FORMAT = "glus-key-frame-scorer"
 #: The scalar inputs beside the ``[SEG]`` prompt, in order (see :func:`scorer_inputs`).
 SCALAR_FEATURES = ("iou_prediction", "object_probability", "object_logit", "area", "relative_area")
+
+
+class FrameSummary(NamedTuple):
+    """What the scorer reads of one frame's prediction (a :class:`~glus.inference.results.FramePrediction` without
+    its mask, small enough to keep for a whole pass)."""
+
+    seg_generated: bool
+    iou: float
+    object_score: float
+    embedding: np.ndarray | None
+    area: float
+
+    @classmethod
+    def of(cls, prediction: Any) -> "FrameSummary":
+        return cls(bool(prediction.seg_generated), float(prediction.iou), float(prediction.object_score),
+                   prediction.embedding, float(prediction.area))
 
 
 @dataclass
@@ -63,7 +79,8 @@ class FirstPassRecord:
 
     @classmethod
     def from_predictions(cls, predictions: Sequence[Any], embedding_dim: int) -> "FirstPassRecord":
-        """From the pass's :class:`~glus.inference.results.FramePrediction` objects, in frame order."""
+        """From the pass's :class:`~glus.inference.results.FramePrediction` (or :class:`FrameSummary`) objects, in
+        frame order."""
         emb = np.zeros((len(predictions), embedding_dim), dtype=np.float32)
         for t, p in enumerate(predictions):
             if p.seg_generated and p.embedding is not None:
@@ -252,6 +269,6 @@ def load_key_frame_scorer(folder: str | Path, device: str | torch.device = "cpu"
     return scorer.to(device).eval()
 
 
-__all__ = ["CONFIG_NAME", "FirstPassRecord", "KeyFrameScorer", "KeyFrameScorerConfig", "SCALAR_FEATURES",
+__all__ = ["CONFIG_NAME", "FirstPassRecord", "FrameSummary", "KeyFrameScorer", "KeyFrameScorerConfig", "SCALAR_FEATURES",
            "SCORER_CHOICES", "WEIGHTS_NAME", "check_scorer_choice", "has_key_frame_scorer", "key_frame_scorer_for",
            "load_key_frame_scorer", "scorer_inputs"]
