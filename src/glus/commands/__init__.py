@@ -66,9 +66,11 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     return {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """The options that say which model to load and how (``glus segment`` and ``glus infer``)."""
-    p.add_argument("--model", required=True, help="checkpoint folder or hub id (released layout or glus format)")
+def add_model_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool = True,
+                        key_frame_scorer: bool = True) -> None:
+    """The options that say which model to load and how (``glus segment``, ``glus infer``, ``glus train scorer``:
+    not ``required`` there, and without ``--key-frame-scorer``, which its first pass does not use)."""
+    p.add_argument("--model", required=required, help="checkpoint folder or hub id (released layout or glus format)")
     p.add_argument("--vision-tower", default=None, help="CLIP folder or id (released checkpoints)")
     p.add_argument("--sam2-config", default=None, help="Meta SAM-2 yaml (released checkpoints; default Hiera-L)")
     p.add_argument("--compat", default=None, choices=("official", "stored"),
@@ -76,6 +78,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--load-in", type=int, default=None, choices=(4, 8), dest="load_in_bits",
                    help="load the LLM in 4 or 8 bits with bitsandbytes (CUDA only)")
+    if not key_frame_scorer:
+        return
     p.add_argument("--key-frame-scorer", default="auto", metavar="auto|trained|heuristic|DIR",
                    help="what scores --key-frame auto's first pass: the checkpoint's trained scorer where it has one "
                         "(auto), it or an error (trained), the untrained heuristic, or a folder holding a scorer "

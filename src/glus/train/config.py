@@ -20,7 +20,8 @@ import yaml
 
 from glus.errors import GLUSError
 
-__all__ = ["DATA_PRESETS", "DataSource", "TrainConfig", "load_train_config", "parse_data_source"]
+__all__ = ["DATA_PRESETS", "DataSource", "TrainConfig", "load_train_config", "parse_data_source", "parse_overrides",
+           "settings_from_mapping"]
 
 #: Dataset mixes of the released models: (format name, sampling rate).
 DATA_PRESETS: dict[str, tuple[tuple[str, float], ...]] = {
@@ -210,15 +211,32 @@ class TrainConfig:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], where: str | Path = "config") -> "TrainConfig":
         """Build from a mapping (YAML), refusing unknown keys and values of the wrong type by name."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise GLUSError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}", where)
-        values = {}
-        defaults = cls()
-        for key, value in raw.items():
-            values[key] = _coerce(key, value, getattr(defaults, key), where)
-        return cls(**values)
+        return settings_from_mapping(cls, raw, where)
+
+
+def settings_from_mapping(cls: type, raw: Mapping[str, Any], where: str | Path = "config") -> Any:
+    """A settings dataclass (every field with a default) from a mapping, refusing unknown keys and values of the
+    wrong type by name."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise GLUSError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}", where)
+    defaults = cls()
+    return cls(**{key: _coerce(key, value, getattr(defaults, key), where) for key, value in raw.items()})
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> ``{key: value}``, the values parsed as YAML; one-line errors for what is not."""
+    raw: dict[str, Any] = {}
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise GLUSError(f"override {text!r}: write key=value")
+        try:
+            raw[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise GLUSError(f"override {text!r}: the value is not valid YAML") from None
+    return raw
 
 
 def _coerce(key: str, value: Any, default: Any, where: str | Path) -> Any:
@@ -268,14 +286,7 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = (),
         if loaded is not None and not isinstance(loaded, dict):
             raise GLUSError("a training config is a mapping of settings", path)
         raw.update(loaded or {})
-    for text in overrides:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise GLUSError(f"override {text!r}: write key=value")
-        try:
-            raw[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise GLUSError(f"override {text!r}: the value is not valid YAML") from None
+    raw.update(parse_overrides(overrides))
     config = TrainConfig.from_mapping(raw, where)
     config.data = [*config.data, *extra_data]
     return config.validate()
