@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import logging
 import math
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 from glus.errors import GLUSError
-from glus.fileio import atomic_write_bytes, atomic_write_json, read_json_object
+from glus.fileio import atomic_write_json, read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -303,12 +302,9 @@ def draw_scorer_curve(history: Sequence[Mapping[str, float]], best_epoch: int, o
     ax.set_ylabel("|predicted - true IoU|")
     ax.set_title("key-frame scorer")
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(out_png, buf.getvalue())
-    return out_png
+    from glus.train.trainer import save_figure
+
+    return save_figure(fig, out_png)
 
 
 # ---------------------------------------------------------------------------------------------- the whole loop

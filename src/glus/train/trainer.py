@@ -49,7 +49,7 @@ from glus.train.step import StepResult, StepSettings, adamw, released_parameter_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "TrainSummary", "export_run", "latest_checkpoint", "draw_curves", "LOG_COLUMNS"]
+__all__ = ["Trainer", "TrainSummary", "export_run", "latest_checkpoint", "draw_curves", "save_figure", "LOG_COLUMNS"]
 
 CHECKPOINTS = "checkpoints"
 LOG_NAME = "train_log.csv"
@@ -551,9 +551,16 @@ def draw_curves(log_csv: Path, out_png: Path) -> Path | None:
     axes[2].set_title("gradient norm (before clipping)")
     for ax in axes:
         ax.set_xlabel("step")
-    fig.tight_layout()
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig: Any, out_png: Path) -> Path:
+    """Write a matplotlib figure as a PNG atomically (a curve being redrawn is never seen half-written), close it."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
