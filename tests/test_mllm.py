@@ -407,3 +407,40 @@ def test_bnb_conversion_keeps_outputs_close(bits):
     assert type(m.text_hidden_fcs[0][0]) is nn.Linear
     assert m.model.layers[0].self_attn.q_proj.weight.dtype in (torch.uint8, torch.int8)
     assert (got - ref).abs().max() < 0.15 * ref.abs().max()  # measured: 4-bit 0.07, 8-bit 0.006
+
+
+def test_clip_preprocess_resize_keeps_the_whole_frame() -> None:
+    """A tower with preprocess "resize" sees a 3:2 frame whole (a stripe at its left edge reaches the pixel values);
+    "crop", LLaVA's, cuts the sides off at any tower size; a 224 "crop" tower is OpenAI's own pre-processing."""
+    from dataclasses import replace
+
+    from transformers import CLIPImageProcessorPil
+
+    from glus.config import VisionConfig
+    from glus.model.vision_tower import clip_image_processor
+
+    frame = np.zeros((64, 96, 3), np.uint8)
+    frame[:, :8] = (255, 0, 0)  # a red stripe along the left edge
+    vision = VisionConfig(image_size=112, patch_size=14)
+    resized = clip_pixel_values(frame, clip_image_processor(None, replace(vision, preprocess="resize")))
+    cropped = clip_pixel_values(frame, clip_image_processor(None, vision))
+    assert resized.shape == cropped.shape == (1, 3, 112, 112)
+    red = resized[0, 0] - resized[0, 0, 0, -1]  # the red channel against black: high on the stripe only
+    assert float(red[:, :4].min()) > 3 and float(red[:, 20:].abs().max()) < 1e-4
+    assert float((cropped[0, 0] - cropped[0, 0, 0, -1]).abs().max()) < 1e-4  # the stripe was cut away
+    openai = clip_pixel_values(frame, CLIPImageProcessorPil())
+    torch.testing.assert_close(clip_pixel_values(frame, clip_image_processor(None, VisionConfig())), openai)
+    with pytest.raises(ValueError, match="preprocess"):
+        VisionConfig(preprocess="squash")
+
+
+def test_small_preset_sees_each_frame_on_a_coarse_grid() -> None:
+    """The embedded model's tower: 112 px whole frames, 8 x 8 patches, neighbours pooled in pairs: 32 tokens."""
+    from glus.config import small
+    from glus.model.vision_tower import clip_image_processor
+
+    cfg = small()
+    assert cfg.vision.num_patches == 64 and cfg.image_tokens_per_frame == 32
+    tower = build_vision_tower(cfg.vision)
+    pixels = clip_pixel_values(np.zeros((64, 96, 3), np.uint8), clip_image_processor(None, cfg.vision))
+    assert tuple(tower(pixels).shape) == (1, 64, cfg.vision.hidden_size)

@@ -34,7 +34,7 @@ from conftest import OFFICIAL_TINY
 
 REF = OFFICIAL_TINY
 
-TERMS = {"ce", "bce", "dice", "contrastive", "clicks", "total"}
+TERMS = {"ce", "bce", "dice", "contrastive", "clicks", "seg_click", "total"}
 # (video seed, expression indices): two phrasings of one object (each other's contrastive positives) and others
 BATCH = ((0, (0, 1, 2)), (1, (0, 2, 4)))
 
@@ -106,8 +106,9 @@ def test_loss_terms_are_named_and_finite(batch: list[TrainingSample], tokenizer:
     out = model.forward_train(batch, contrastive=contrastive)
     assert set(out) == TERMS
     assert all(v.dim() == 0 and math.isfinite(float(v.detach())) for v in out.values())
-    assert all(float(out[k].detach()) > 0 for k in TERMS - {"clicks"})
-    assert float(out["clicks"]) == 0  # the click term is off unless asked for (the authors' recipe)
+    assert all(float(out[k].detach()) > 0 for k in TERMS - {"clicks", "seg_click"})
+    # the click terms are off unless asked for (the authors' recipe)
+    assert float(out["clicks"]) == 0 and float(out["seg_click"]) == 0
     assert torch.allclose(out["total"], out["ce"] + out["bce"] + out["dice"] + out["contrastive"])
     # 2 clips x 3 expressions x 4 query frames [SEG] embeddings went into the bank (all "mevis")
     assert len(contrastive.bank) == 2 * 3 * 4
@@ -229,6 +230,27 @@ def test_clicks_land_on_each_mask_in_model_pixels() -> None:
     assert len(seen) == 4  # uniform over the foreground, not one fixed pixel
 
 
+def test_center_clicks_sit_in_the_middle_of_what_is_seen() -> None:
+    """The centre click: a rectangle's centre; inside an L (whose centroid is outside it); inside a shape cut by the
+    frame's edge, away from that edge; none on an empty mask; the same every call."""
+    from glus.model.clicks import center_clicks
+
+    masks = torch.zeros(4, 40, 80)
+    masks[0, 10:21, 30:51] = 1  # 11 x 21 rectangle: centre (40, 15)
+    masks[1, 0:30, 0:6] = 1  # an L: a bar down the left side and one along the bottom
+    masks[1, 24:30, 0:40] = 1
+    masks[3, 0:20, 70:80] = 1  # cut by the right edge and the top
+    points, present = center_clicks(masks, 160)  # 160 px model input: x scales by 2, y by 4
+    assert present.tolist() == [True, True, False, True] and points[2].tolist() == [0.0, 0.0]
+    assert points[0].tolist() == [80.0, 60.0]
+    x, y = int(points[1, 0] / 2), int(points[1, 1] / 4)
+    assert masks[1, y, x] == 1
+    x, y = int(points[3, 0] / 2), int(points[3, 1] / 4)
+    assert masks[3, y, x] == 1 and 72 <= x <= 77 and 3 <= y <= 16
+    again, _ = center_clicks(masks, 160)
+    assert torch.equal(points, again)
+
+
 def test_click_prompt_is_sam2s_point_embedding(tokenizer: GLUSTokenizer) -> None:
     """The one-token click equals the first token of the prompt encoder's own (padded) point embedding."""
     sam = make_model(tokenizer).sam2
@@ -262,3 +284,47 @@ def test_click_weight_adds_a_click_term(batch: list[TrainingSample], tokenizer: 
     for key in ("ce", "bce", "dice"):  # the [SEG] terms are untouched
         assert float(with_clicks[key]) == pytest.approx(float(plain[key]), rel=1e-5)
     assert float(with_clicks["total"]) == pytest.approx(float(plain["total"]) + float(with_clicks["clicks"]), rel=1e-5)
+
+
+def test_seg_click_term_is_the_mse_to_the_center_click(batch: list[TrainingSample], tokenizer: GLUSTokenizer) -> None:
+    """seg_click: each one-object [SEG] prompt on a frame showing its object against SAM-2's click prompt at the
+    object's centre, computed by hand here; several-object expressions and empty frames are left out; the term adds
+    to the total and leaves the other terms alone."""
+    from glus.model.clicks import center_clicks
+
+    masks = batch[0].masks.clone()
+    masks[0, 1] = 0  # the object of expression 0 is not seen on query frame 1
+    objects = [batch[0].objects[0], [*batch[0].objects[1], 99], *batch[0].objects[2:]]  # expression 1: two objects
+    batch = [replace(batch[0], masks=masks, objects=objects), *batch[1:]]
+    model = make_model(tokenizer).eval()
+    plain = model.forward_train_outputs(batch, contrastive=None)
+    out = model.forward_train_outputs(batch, contrastive=None, seg_click_weight=2.0)
+    got, want, skipped = [], [], 0
+    for sample, seg in zip(batch, out.seg_embeddings):
+        for e, objects in enumerate(sample.objects):
+            for j in range(seg.shape[1]):
+                points, present = center_clicks(sample.masks[e, j][None], model.sam2.config.image_size)
+                if len(objects) != 1 or not bool(present[0]):
+                    skipped += 1
+                    continue
+                got.append(seg[e, j])
+                want.append(model.sam2.click_prompt(points)[0, 0])
+    assert len(got) == 2 * 3 * 4 - 4 - 1 and skipped == 5
+    expected = 2.0 * torch.nn.functional.mse_loss(torch.stack(got), torch.stack(want))
+    assert float(out.losses["seg_click"]) == pytest.approx(float(expected), rel=1e-5)
+    for key in ("ce", "bce", "dice"):
+        assert float(out.losses[key]) == pytest.approx(float(plain.losses[key]), rel=1e-5)
+    assert float(out.losses["total"]) == pytest.approx(float(plain.losses["total"] + out.losses["seg_click"]), rel=1e-5)
+
+
+def test_seg_click_trains_the_language_side_not_its_target(batch: list[TrainingSample],
+                                                           tokenizer: GLUSTokenizer) -> None:
+    """The click prompt is a target: the term's gradient reaches the seg head and the LLaMA, never SAM-2."""
+    model = make_model(tokenizer).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.forward_train(batch, contrastive=None, seg_click_weight=1.0)["seg_click"].backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and float(p.grad.abs().max()) > 0}
+    assert any(n.startswith("model.text_hidden_fcs") for n in with_grad)
+    assert any(n.startswith("model.layers.") for n in with_grad)
+    assert not any("visual_model" in n for n in with_grad)

@@ -46,6 +46,14 @@ class VisionConfig:
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     select_layer: int = -2  # LLaVA's mm_vision_select_layer; the CLS token is dropped ("patch")
+    # How a frame becomes the tower's square input when no preprocessor_config.json says otherwise: "crop" is
+    # LLaVA's (shortest edge to image_size, centre crop: a wide frame loses its sides, as every released GLUS model
+    # sees it); "resize" squeezes the whole frame into the square, as SAM-2 does, so nothing at the edges is lost.
+    preprocess: str = "crop"
+
+    def __post_init__(self) -> None:
+        if self.preprocess not in ("crop", "resize"):
+            raise ValueError(f"vision preprocess must be 'crop' or 'resize', got {self.preprocess!r}")
 
     @property
     def num_patches(self) -> int:
@@ -185,21 +193,25 @@ def small() -> GLUSConfig:
 
     The CLIP tower stays frozen with its seeded random weights, as the real one stays frozen with OpenAI's; one
     layer is enough for a random projector of patch colour and position, so the LLaMA reads ``hidden_states[0]``.
-    Pooling 8 patch tokens into one (32 per frame, not 64: half rows of the 16 x 16 patch grid, so the LLM still
-    sees left from right and each row) keeps the prompt short: the few expression tokens are a larger share of
-    what the ``[SEG]`` position attends to, which a language model trained from scratch needs to learn to read
-    them, and each LLM call is about 2x cheaper.
+    What the language model can see decides what its ``[SEG]`` can point at, so the tower looks at the whole frame
+    (``preprocess="resize"``: LLaVA's centre crop cuts a third off a 3:2 frame, where objects enter and leave) on a
+    coarse grid (112 px, 8 x 8 patches) and pooling merges only pairs of neighbours in a row: 32 tokens per frame
+    on a 4 x 8 grid, each about as large as an object, so an object's colour fills a token instead of being averaged
+    away and its place is known to a quarter of the width. Pooling 8 of 16 x 16 patches, as earlier versions did,
+    kept only which half of a row a colour was in: the ``[SEG]`` could name a shape but not say which of two twins.
+    A short prompt also leaves the few expression tokens a larger share of what ``[SEG]`` attends to.
     """
     return GLUSConfig(
         text=TextConfig(vocab_size=703, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
                         num_attention_heads=4, num_key_value_heads=4),
         vision=VisionConfig(name_or_path="", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                            num_attention_heads=2, projection_dim=64),
+                            num_attention_heads=2, projection_dim=64, image_size=112, patch_size=14,
+                            preprocess="resize"),
         sam2=Sam2Config(image_size=256, embed_dim=16, num_heads=1, stages=(1, 2, 2, 1), global_att_blocks=(4,),
                         d_model=64, backbone_channel_list=(128, 64, 32, 16), mem_attn_num_layers=1,
                         mem_attn_dim_feedforward=128, mem_attn_rope_feat_sizes=(16, 16), mem_dim=32),
         prompt_dim=64,
-        pool_kernel=8,
+        pool_kernel=2,
     )
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from glus.config import GLUSConfig
 from glus.data.training import TrainingSample
-from glus.model.clicks import sample_clicks
+from glus.model.clicks import center_clicks, sample_clicks
 from glus.model.losses import (ContrastiveResult, GLUSLossWeights, ObjectContrastiveLoss, SegEntryMeta,
                                combine_losses, mask_losses, object_set_key)
 from glus.model.memory_bank import MemoryBank
@@ -65,8 +65,9 @@ class TrainForward:
     """What one training forward computed.
 
     Attributes:
-        losses: ``{"ce", "bce", "dice", "contrastive", "clicks", "total"}``, weighted (:func:`combine_losses`;
-            ``clicks`` the click-prompt term, 0 unless it is on).
+        losses: ``{"ce", "bce", "dice", "contrastive", "clicks", "seg_click", "total"}``, weighted
+            (:func:`combine_losses`; ``clicks`` the click-prompt term and ``seg_click`` the ``[SEG]``-to-click term,
+            each 0 unless it is on).
         seg_embeddings: per sample, ``[E, Q, prompt_dim]`` the ``[SEG]`` prompts (expression, query frame).
         mask_logits: per sample, ``[E, Q, H, W]`` the predicted logits at the frames' original size.
         contrastive: the contrastive loss's result (``None`` when the term is off).
@@ -85,14 +86,15 @@ class GLUSModel(GLUSMLLM):
         config: the whole model's sizes (:class:`GLUSConfig`).
         vision_tower: the frozen CLIP tower (may be attached later with ``set_vision_tower``).
         clip_processor_path: folder or id of a ``preprocessor_config.json`` for CLIP pre-processing
-            (default: OpenAI CLIP's settings, which every released GLUS model uses).
+            (default: OpenAI CLIP's settings at the tower's size and ``config.vision.preprocess``; every released
+            GLUS model uses OpenAI's own).
     """
 
     def __init__(self, config: GLUSConfig, vision_tower: ClipVisionTower | None = None,
                  attn_implementation: str = "sdpa", clip_processor_path: str | None = None) -> None:
         super().__init__(config, vision_tower=vision_tower, attn_implementation=attn_implementation)
         self.attach_visual_model(Sam2Model(config.sam2))
-        self.clip_processor = clip_image_processor(clip_processor_path)
+        self.clip_processor = clip_image_processor(clip_processor_path, config.vision)
         # The tokenizer's [SEG] id (set by the loader); training needs it to find the [SEG] positions.
         self.seg_token_id: int | None = None
 
@@ -146,21 +148,23 @@ class GLUSModel(GLUSMLLM):
                       weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
                       memory_grad: bool = False, memory_bank: bool = True,
                       image_grad: bool = False, prompt_grad: bool = True, click_weight: float = 0.0,
-                      clicks_only: bool = False) -> dict[str, torch.Tensor]:
+                      clicks_only: bool = False, seg_click_weight: float = 0.0) -> dict[str, torch.Tensor]:
         """Named loss terms of one batch (spec section 5): :meth:`forward_train_outputs` without the tensors.
 
         Returns:
-            ``{"ce", "bce", "dice", "contrastive", "clicks", "total"}`` (weighted, as :func:`combine_losses`).
+            ``{"ce", "bce", "dice", "contrastive", "clicks", "seg_click", "total"}`` (weighted, as
+            :func:`combine_losses`).
         """
         return self.forward_train_outputs(samples, contrastive, weights, ce_on, memory_grad, memory_bank,
-                                          image_grad, prompt_grad, click_weight, clicks_only).losses
+                                          image_grad, prompt_grad, click_weight, clicks_only,
+                                          seg_click_weight=seg_click_weight).losses
 
     def forward_train_outputs(self, samples: Sequence[TrainingSample],
                               contrastive: ObjectContrastiveLoss | None = None,
                               weights: GLUSLossWeights = GLUSLossWeights(), ce_on: str = "seg",
                               memory_grad: bool = False, memory_bank: bool = True,
                               image_grad: bool = False, prompt_grad: bool = True, click_weight: float = 0.0,
-                              clicks_only: bool = False) -> TrainForward:
+                              clicks_only: bool = False, seg_click_weight: float = 0.0) -> TrainForward:
         """Loss terms of one batch and what they were computed from (spec section 5).
 
         Args:
@@ -180,6 +184,9 @@ class GLUSModel(GLUSMLLM):
                 on each target mask, decoded without memory, bce and dice with the mask weights); 0: off (released).
             clicks_only: train SAM-2 alone on clicks: the language model does not run (``glus train``'s
                 ``click_steps``, SAM-2's own training before the ``[SEG]`` stage); only ``clicks`` and ``total``.
+            seg_click_weight: weight of the ``[SEG]``-to-click term (:meth:`_seg_click_terms`: each ``[SEG]``
+                prompt of a one-object expression, on a frame where the object is seen, pulled toward SAM-2's
+                prompt of a click at the object's centre); 0: off (released).
 
         Returns:
             :class:`TrainForward`: the weighted terms, per sample the ``[SEG]`` embeddings ``[E, Q, D]`` and mask
@@ -212,6 +219,7 @@ class GLUSModel(GLUSMLLM):
         preds, gts, anchors, metas = [], [], [], []
         click_preds: list[torch.Tensor] = []
         click_gts: list[torch.Tensor] = []
+        seg_click_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         per_sample_seg, per_sample_logits = [], []
         row = 0
         for sample in samples:
@@ -232,6 +240,8 @@ class GLUSModel(GLUSMLLM):
                 if click_weight > 0:
                     self._click_terms(features.frame(j), gts[-1], click_preds, click_gts)
             per_sample_logits.append(torch.stack(preds[-num_query:], dim=1))  # [E, Q, H, W]
+            if seg_click_weight > 0:
+                seg_click_pairs.extend(self._seg_click_terms(sample, sample_seg))
             for e in range(num_expr):
                 for j in range(num_query):
                     anchors.append(sample_seg[e, j])
@@ -249,7 +259,33 @@ class GLUSModel(GLUSMLLM):
             cb, cd = mask_losses(click_preds, click_gts)
             losses["clicks"] = click_weight * (weights.bce * cb + weights.dice * cd)
             losses["total"] = losses["total"] + losses["clicks"]
+        losses["seg_click"] = torch.zeros_like(losses["total"])
+        if seg_click_pairs:
+            got, want = (torch.cat(side).float() for side in zip(*seg_click_pairs))
+            losses["seg_click"] = seg_click_weight * F.mse_loss(got, want)
+            losses["total"] = losses["total"] + losses["seg_click"]
         return TrainForward(losses, per_sample_seg, per_sample_logits, result)
+
+    def _seg_click_terms(self, sample: TrainingSample, seg: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(prompts [N, D], click prompts [N, D])`` pairs of one sample's ``[SEG]`` prompts ``seg [E, Q, D]``.
+
+        A decoder that follows clicks reads a click prompt as "the object here"; a ``[SEG]`` prompt equal to the
+        click prompt at the referred object's centre (:func:`center_clicks`) is read the same way. So this term
+        gives the language model a target for every frame in the decoder's own language, where the mask loss
+        alone reaches it only through the decoder. Expressions of several objects (no single centre) and frames
+        without the object are left to the mask loss. The click prompts are targets: no gradient flows into them.
+        """
+        single = [e for e in range(seg.shape[0]) if not sample.objects or len(sample.objects[e]) == 1]
+        pairs = []
+        for j in range(seg.shape[1]):
+            targets = sample.masks[single, j]
+            points, present = center_clicks(targets, self.sam2.config.image_size)
+            if bool(present.any()):
+                rows = torch.tensor(single, device=seg.device)[present.to(seg.device)]
+                with torch.no_grad():
+                    want = self.sam2.click_prompt(points[present].to(self.device, self.sam2.no_mem_embed.dtype))
+                pairs.append((seg[rows, j], want[:, 0]))
+        return pairs
 
     def _click_terms(self, features: Sam2ImageFeatures, targets: torch.Tensor, preds: list[torch.Tensor],
                      gts: list[torch.Tensor]) -> None:
@@ -278,7 +314,8 @@ class GLUSModel(GLUSMLLM):
         cb, cd = mask_losses(preds, gts)
         clicks = weights.bce * cb + weights.dice * cd
         zero = torch.zeros_like(clicks)
-        losses = {"ce": zero, "bce": zero, "dice": zero, "contrastive": zero, "clicks": clicks, "total": clicks}
+        losses = {"ce": zero, "bce": zero, "dice": zero, "contrastive": zero, "clicks": clicks, "seg_click": zero,
+                  "total": clicks}
         return TrainForward(losses, [], [], None)
 
     @staticmethod

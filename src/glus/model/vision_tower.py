@@ -22,7 +22,8 @@ from glus.config import VisionConfig
 from glus.errors import GLUSError
 
 
-def clip_image_processor(name_or_path: str | Path | None = None) -> CLIPImageProcessorPil:
+def clip_image_processor(name_or_path: str | Path | None = None,
+                         vision: VisionConfig | None = None) -> CLIPImageProcessorPil:
     """The CLIP pre-processor of the vision tower folder, always the PIL (``slow``) implementation.
 
     The authors' code ran transformers 4.31's slow ``CLIPImageProcessor``; its PIL bicubic resize is what the
@@ -30,19 +31,30 @@ def clip_image_processor(name_or_path: str | Path | None = None) -> CLIPImagePro
     is installed, whose resize differs by a few grey levels, so the PIL backend is named explicitly here.
 
     Args:
-        name_or_path: a folder holding ``preprocessor_config.json`` (or a hub id); ``None`` gives the
-            openai/clip-vit-large-patch14 settings (shortest edge 224, bicubic, crop 224, OpenAI mean/std).
+        name_or_path: a folder holding ``preprocessor_config.json`` (or a hub id); ``None``, or a folder without
+            that file, gives the defaults of ``vision``.
+        vision: the tower's config, for the defaults: its ``image_size`` and ``preprocess`` (``None``: the
+            openai/clip-vit-large-patch14 settings, shortest edge 224, bicubic, crop 224, OpenAI mean/std, which
+            every released GLUS model uses).
     """
-    if name_or_path is None:
-        return CLIPImageProcessorPil()
-    folder = Path(name_or_path)
-    if folder.is_dir() and not (folder / "preprocessor_config.json").is_file():
-        # A bare CLIP weights folder: the OpenAI defaults are what GLUS used for every released model.
-        return CLIPImageProcessorPil()
+    folder = Path(name_or_path) if name_or_path is not None else None
+    if folder is None or (folder.is_dir() and not (folder / "preprocessor_config.json").is_file()):
+        return _default_processor(vision)
     try:
         return CLIPImageProcessorPil.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as exc:
         raise GLUSError(f"cannot read the CLIP pre-processor config: {exc}".splitlines()[0], name_or_path) from None
+
+
+def _default_processor(vision: VisionConfig | None) -> CLIPImageProcessorPil:
+    """OpenAI CLIP's pre-processing (bicubic, OpenAI mean/std) at the tower's input size and ``preprocess``."""
+    if vision is None or (vision.preprocess == "crop" and vision.image_size == 224):
+        return CLIPImageProcessorPil()
+    s = vision.image_size
+    if vision.preprocess == "resize":
+        return CLIPImageProcessorPil(size={"height": s, "width": s}, do_center_crop=False,
+                                     crop_size={"height": s, "width": s})
+    return CLIPImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
 
 
 def clip_pixel_values(
@@ -56,7 +68,7 @@ def clip_pixel_values(
         processor: from :func:`clip_image_processor`; default: the OpenAI CLIP settings.
 
     Returns:
-        ``[N, 3, 224, 224]`` float32 pixel values (N = 1 for a single array).
+        ``[N, 3, S, S]`` float32 pixel values (N = 1 for a single array; S the processor's size, 224 for OpenAI's).
     """
     processor = processor or clip_image_processor()
     if isinstance(frames_rgb, np.ndarray) and frames_rgb.ndim == 3:

@@ -122,6 +122,10 @@ class TrainConfig:
     # Both 0: the authors' recipe (their SAM-2 comes trained).
     click_steps: int = 0
     click_weight: float = 0.0
+    # The [SEG] prompt of a one-object expression pulled (MSE) toward SAM-2's prompt of a click at the object's
+    # centre (glus.model.clicks.center_clicks): a target for the language model in the decoder's own language, where
+    # the mask loss reaches it only through a decoder that is itself still learning. 0: the authors' recipe.
+    seg_click_weight: float = 0.0
     contrastive: bool = True
     contrastive_negatives_exclude_same_objects: bool = False  # the authors let same-object entries be negatives
     contrastive_update_bank_first: bool = True  # the authors push the batch into the bank before the loss
@@ -184,8 +188,9 @@ class TrainConfig:
         if self.click_steps >= self.steps:
             raise GLUSError(f"click_steps ({self.click_steps}) must be fewer than steps ({self.steps}): the [SEG] "
                             "stage needs steps of its own")
-        if self.click_weight < 0:
-            raise GLUSError(f"click_weight must be >= 0, got {self.click_weight}")
+        for key in ("click_weight", "seg_click_weight"):
+            if getattr(self, key) < 0:
+                raise GLUSError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.lora_dropout < 1:
             raise GLUSError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.data_preset is not None:

@@ -42,6 +42,7 @@ class StepSettings:
         prompt_grad: the mask loss reaches the ``[SEG]`` prompts, seg head and language model (released: yes).
         click_weight: weight of the click-prompt mask term (:mod:`glus.model.clicks`; released: 0, off).
         clicks_only: this step trains SAM-2 alone on click prompts (the language model does not run).
+        seg_click_weight: weight of the ``[SEG]``-to-click term (``GLUSModel._seg_click_terms``; released: 0, off).
         grad_clip: global gradient-norm limit (``None``: no clipping).
     """
 
@@ -53,6 +54,7 @@ class StepSettings:
     prompt_grad: bool = True
     click_weight: float = 0.0
     clicks_only: bool = False
+    seg_click_weight: float = 0.0
     grad_clip: float | None = 1.0
 
 
@@ -132,7 +134,8 @@ def train_step(model: GLUSModel, micro_batches: Sequence[Sequence[TrainingSample
                 outputs = model.forward_train_outputs(batch, contrastive, settings.weights, settings.ce_on,
                                                       settings.memory_grad, settings.memory_bank,
                                                       settings.image_grad, settings.prompt_grad,
-                                                      settings.click_weight, settings.clicks_only)
+                                                      settings.click_weight, settings.clicks_only,
+                                                      seg_click_weight=settings.seg_click_weight)
             total = outputs.losses["total"]
             if not torch.isfinite(total):
                 optimizer.zero_grad(set_to_none=True)

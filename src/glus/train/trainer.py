@@ -58,7 +58,8 @@ CURVES_NAME = "train_curves.png"
 _FREE_ON_RESUME = frozenset({"out", "steps", "save_every", "keep_last", "num_workers", "threads", "device",
                              "val_data", "val_every", "val_videos", "val_key_frame"})
 _REPORT_SECONDS = 60.0  # a progress line in the log (and the CSV on disk) at most this often
-LOG_COLUMNS = ("step", "lr", "total", "ce", "bce", "dice", "contrastive", "clicks", "grad_norm", "samples_per_s")
+LOSS_COLUMNS = ("total", "ce", "bce", "dice", "contrastive", "clicks", "seg_click")
+LOG_COLUMNS = ("step", "lr", *LOSS_COLUMNS, "grad_norm", "samples_per_s")
 
 
 @dataclass
@@ -245,7 +246,7 @@ class Trainer:
         settings = StepSettings(
             weights=GLUSLossWeights(cfg.ce_weight, cfg.bce_weight, cfg.dice_weight, cfg.contrastive_weight),
             ce_on=cfg.ce_on, memory_grad=cfg.memory_grad, memory_bank=cfg.memory_bank, image_grad=cfg.image_grad,
-            click_weight=cfg.click_weight, grad_clip=cfg.grad_clip)
+            click_weight=cfg.click_weight, seg_click_weight=cfg.seg_click_weight, grad_clip=cfg.grad_clip)
 
         def phase(step: int) -> StepSettings:  # click_steps, and the warm-ups of mask_loss_start, prompt_grad_start
             if step < cfg.click_steps:
@@ -497,7 +498,7 @@ class _TrainLog:
 
     def add(self, step: int, result: StepResult, rate: float) -> None:
         row = {"step": step, "lr": result.lr, "grad_norm": result.grad_norm, "samples_per_s": round(rate, 4)}
-        row.update({k: result.losses.get(k, math.nan) for k in ("total", "ce", "bce", "dice", "contrastive", "clicks")})
+        row.update({k: result.losses.get(k, math.nan) for k in LOSS_COLUMNS})
         self.rows.append(row)
         if self.board is not None:
             for key, value in row.items():
@@ -539,8 +540,8 @@ def draw_curves(log_csv: Path, out_png: Path) -> Path | None:
         return None
     steps = [int(r["step"]) for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for key in ("total", "ce", "bce", "dice", "contrastive", "clicks"):
-        if key in rows[0]:  # a log written before the click term has no such column
+    for key in LOSS_COLUMNS:
+        if key in rows[0]:  # a log written before a term existed has no such column
             axes[0].plot(steps, [float(r[key]) for r in rows], label=key)
     axes[0].set_title("loss terms (weighted)")
     axes[0].set_yscale("symlog", linthresh=1e-3)
