@@ -151,8 +151,13 @@ def clip_vision_config(cfg: VisionConfig) -> CLIPVisionConfig:
 
 
 def build_vision_tower(cfg: VisionConfig) -> ClipVisionTower:
-    """A randomly initialised tower with the sizes of ``cfg`` (tests, shape checks, meta-device builds)."""
-    return ClipVisionTower(CLIPVisionModel(clip_vision_config(cfg)), select_layer=cfg.select_layer)
+    """A randomly initialised tower with the sizes of ``cfg`` (tests, shape checks, meta-device builds, presets trained
+    from scratch), its position embeddings scaled by ``cfg.random_position_scale``."""
+    clip = CLIPVisionModel(clip_vision_config(cfg))
+    if cfg.random_position_scale != 1.0:
+        with torch.no_grad():
+            clip.embeddings.position_embedding.weight.mul_(cfg.random_position_scale)
+    return ClipVisionTower(clip, select_layer=cfg.select_layer)
 
 
 def load_vision_tower(
