@@ -382,3 +382,17 @@ def test_gradient_checkpointing_gives_the_same_step(mevis: Path, tmp_path: Path,
     assert sorted(grads[0]) == sorted(grads[1])
     for key in grads[0]:
         torch.testing.assert_close(grads[0][key], grads[1][key], rtol=1e-4, atol=1e-7, msg=key)
+
+
+def test_curves_are_drawn_from_a_log_a_resumed_run_widened(tmp_path: Path) -> None:
+    """A run resumed after an upgrade that added a loss column has empty cells in its old rows: the curves skip
+    them instead of failing on float('')."""
+    from glus.eval.report import write_csv
+    from glus.train.trainer import LOG_COLUMNS, draw_curves
+
+    old = {"step": 1, "lr": 1e-3, "total": 2.0, "ce": 1.0, "bce": 0.5, "dice": 0.5, "contrastive": 0.0,
+           "clicks": 0.0, "grad_norm": 1.0, "samples_per_s": 1.0}
+    log = tmp_path / "train_log.csv"
+    write_csv(log, [old, {**old, "step": 2, "seg_click": 0.7}], LOG_COLUMNS)
+    assert draw_curves(log, tmp_path / "curves.png") == tmp_path / "curves.png"
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -541,8 +541,10 @@ def draw_curves(log_csv: Path, out_png: Path) -> Path | None:
     steps = [int(r["step"]) for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for key in LOSS_COLUMNS:
-        if key in rows[0]:  # a log written before a term existed has no such column
-            axes[0].plot(steps, [float(r[key]) for r in rows], label=key)
+        # a log written before a term existed has no such column, or empty cells where a resumed run added it
+        points = [(step, float(r[key])) for step, r in zip(steps, rows) if r.get(key)]
+        if points:
+            axes[0].plot(*zip(*points), label=key)
     axes[0].set_title("loss terms (weighted)")
     axes[0].set_yscale("symlog", linthresh=1e-3)
     axes[0].legend()
