@@ -434,32 +434,39 @@ def test_clip_preprocess_resize_keeps_the_whole_frame() -> None:
         VisionConfig(preprocess="squash")
 
 
-def test_small_preset_sees_each_frame_on_a_coarse_grid() -> None:
-    """The embedded model's tower: 112 px whole frames, 8 x 8 patches, neighbours pooled in pairs: 32 tokens,
-    whose row and column a linear probe reads (the scaled position embeddings)."""
+def test_small_grid_preset_sees_where_each_token_is() -> None:
+    """small-grid's tower: 112 px whole frames, 8 x 8 patches, neighbours pooled in pairs: 32 tokens, whose column a
+    linear probe reads (the scaled position embeddings); in small's tower it cannot."""
     from dataclasses import replace
 
-    from glus.config import small
+    from glus.config import small, small_grid
     from glus.model.vision_tower import clip_image_processor
 
-    cfg = small()
+    cfg = small_grid()
     assert cfg.vision.num_patches == 64 and cfg.image_tokens_per_frame == 32
     tower = build_vision_tower(cfg.vision)
     pixels = clip_pixel_values(np.zeros((64, 96, 3), np.uint8), clip_image_processor(None, cfg.vision))
     assert tuple(tower(pixels).shape) == (1, 64, cfg.vision.hidden_size)
     base = build_vision_tower(replace(cfg.vision, random_position_scale=1.0))
     scaled = tower.clip.embeddings.position_embedding.weight
-    assert float(scaled.std()) == pytest.approx(5 * float(base.clip.embeddings.position_embedding.weight.std()), rel=0.1)
+    unscaled = base.clip.embeddings.position_embedding.weight
+    assert float(scaled.std()) == pytest.approx(5 * float(unscaled.std()), rel=0.1)
     # A token's column from its features, on synthetic clips' frames: a least-squares probe, fitted on half the
     # frames and scored on the rest, explains most of the column's variance.
     from glus.data.synthetic import make_video
 
     frames = [f for seed in range(5) for f in make_video(seed, num_frames=8, height=64, width=96).frames]
-    with torch.no_grad():
-        feats = tower(clip_pixel_values(frames, clip_image_processor(None, cfg.vision)))
-        pooled = torch.nn.functional.avg_pool1d(feats.transpose(1, 2), cfg.pool_kernel).transpose(1, 2)
-    x = np.c_[pooled.reshape(-1, pooled.shape[-1]).numpy(), np.ones(40 * 32)]
-    column = np.tile(np.arange(32) % 4, 40).astype(float)
-    fit = np.linalg.lstsq(x[:640], column[:640], rcond=None)[0]
-    r2 = 1 - ((x[640:] @ fit - column[640:]) ** 2).sum() / ((column[640:] - column[640:].mean()) ** 2).sum()
-    assert r2 > 0.7
+
+    def column_r2(cfg, columns: int) -> float:
+        torch.manual_seed(0)
+        tower = build_vision_tower(cfg.vision)
+        with torch.no_grad():
+            feats = tower(clip_pixel_values(frames, clip_image_processor(None, cfg.vision)))
+            pooled = torch.nn.functional.avg_pool1d(feats.transpose(1, 2), cfg.pool_kernel).transpose(1, 2)
+        x = np.c_[pooled.reshape(-1, pooled.shape[-1]).numpy(), np.ones(pooled.shape[0] * pooled.shape[1])]
+        column = np.tile(np.arange(pooled.shape[1]) % columns, pooled.shape[0]).astype(float)
+        half = len(x) // 2
+        fit = np.linalg.lstsq(x[:half], column[:half], rcond=None)[0]
+        return 1 - ((x[half:] @ fit - column[half:]) ** 2).sum() / ((column[half:] - column[half:].mean()) ** 2).sum()
+
+    assert column_r2(cfg, 4) > 0.7 and column_r2(small(), 2) < 0.5
