@@ -184,7 +184,7 @@ class GLUSModel(GLUSMLLM):
                 on each target mask, decoded without memory, bce and dice with the mask weights); 0: off (released).
             clicks_only: train SAM-2 alone on clicks: the language model does not run (``glus train``'s
                 ``click_steps``, SAM-2's own training before the ``[SEG]`` stage); only ``clicks`` and ``total``.
-            seg_click_weight: weight of the ``[SEG]``-to-click term (:meth:`_seg_click_terms`: each ``[SEG]``
+            seg_click_weight: weight of the ``[SEG]``-to-click term (:meth:`seg_click_pairs`: each ``[SEG]``
                 prompt of a one-object expression, on a frame where the object is seen, pulled toward SAM-2's
                 prompt of a click at the object's centre); 0: off (released).
 
@@ -196,30 +196,13 @@ class GLUSModel(GLUSMLLM):
             raise ValueError(f"ce_on must be 'seg' or 'assistant', got {ce_on!r}")
         if clicks_only:
             return self._click_forward(samples, weights, image_grad)
-        if self.seg_token_id is None:
-            raise ValueError("set model.seg_token_id (the tokenizer's [SEG] id) before training")
-        seg_id = int(self.seg_token_id)
-        rows, labels, images = [], [], []
-        for sample in samples:
-            embeds = self.encode_frames_for_llm(sample.clip_pixels.to(self.device, self.dtype))
-            for ids, lab in zip(sample.input_ids, sample.labels):
-                rows.append(ids)
-                labels.append(lab)
-                images.extend(embeds)
-        inputs = self.build_inputs_embeds(rows, images, labels=labels)
-        out = self.forward_llm(inputs.inputs_embeds, inputs.attention_mask)
-        ce = self._ce_loss(out.logits, inputs.labels, seg_id if ce_on == "seg" else None)
-
-        seg_positions = [torch.tensor(seg_prediction_positions(ids, seg_id, self.tokens_per_frame,
-                                                                self.config.image_token_index), dtype=torch.long)
-                         for ids in rows]
-        seg_embeddings = [self.seg_embedding(out.hidden_states[r, pos]) for r, pos in enumerate(seg_positions)]
+        ce, seg_embeddings = self.seg_prompts_train(samples, ce_on)
         # What prompts SAM-2: the same embeddings, or (prompt_grad off) copies the mask loss cannot trace back past.
         prompts = seg_embeddings if prompt_grad else [e.detach() for e in seg_embeddings]
         preds, gts, anchors, metas = [], [], [], []
         click_preds: list[torch.Tensor] = []
         click_gts: list[torch.Tensor] = []
-        seg_click_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        seg_click_pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
         per_sample_seg, per_sample_logits = [], []
         row = 0
         for sample in samples:
@@ -241,7 +224,7 @@ class GLUSModel(GLUSMLLM):
                     self._click_terms(features.frame(j), gts[-1], click_preds, click_gts)
             per_sample_logits.append(torch.stack(preds[-num_query:], dim=1))  # [E, Q, H, W]
             if seg_click_weight > 0:
-                seg_click_pairs.extend(self._seg_click_terms(sample, sample_seg))
+                seg_click_pairs.extend(self.seg_click_pairs(sample, sample_seg))
             for e in range(num_expr):
                 for j in range(num_query):
                     anchors.append(sample_seg[e, j])
@@ -261,13 +244,41 @@ class GLUSModel(GLUSMLLM):
             losses["total"] = losses["total"] + losses["clicks"]
         losses["seg_click"] = torch.zeros_like(losses["total"])
         if seg_click_pairs:
-            got, want = (torch.cat(side).float() for side in zip(*seg_click_pairs))
+            got, want = (torch.cat([pair[k] for pair in seg_click_pairs]).float() for k in (0, 1))
             losses["seg_click"] = seg_click_weight * F.mse_loss(got, want)
             losses["total"] = losses["total"] + losses["seg_click"]
         return TrainForward(losses, per_sample_seg, per_sample_logits, result)
 
-    def _seg_click_terms(self, sample: TrainingSample, seg: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``(prompts [N, D], click prompts [N, D])`` pairs of one sample's ``[SEG]`` prompts ``seg [E, Q, D]``.
+    def seg_prompts_train(self, samples: Sequence[TrainingSample],
+                          ce_on: str = "seg") -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The language half of a training forward: the cross-entropy and every conversation's ``[SEG]`` prompts.
+
+        Returns:
+            ``(ce, prompts)``: ``prompts`` one ``[S, prompt_dim]`` tensor per conversation (samples in order, their
+            expressions in order), ``S`` its ``[SEG]`` answers; the query frames' are the last ``Q``.
+        """
+        if self.seg_token_id is None:
+            raise ValueError("set model.seg_token_id (the tokenizer's [SEG] id) before training")
+        seg_id = int(self.seg_token_id)
+        rows, labels, images = [], [], []
+        for sample in samples:
+            embeds = self.encode_frames_for_llm(sample.clip_pixels.to(self.device, self.dtype))
+            for ids, lab in zip(sample.input_ids, sample.labels):
+                rows.append(ids)
+                labels.append(lab)
+                images.extend(embeds)
+        inputs = self.build_inputs_embeds(rows, images, labels=labels)
+        out = self.forward_llm(inputs.inputs_embeds, inputs.attention_mask)
+        ce = self._ce_loss(out.logits, inputs.labels, seg_id if ce_on == "seg" else None)
+        seg_positions = [torch.tensor(seg_prediction_positions(ids, seg_id, self.tokens_per_frame,
+                                                                self.config.image_token_index), dtype=torch.long)
+                         for ids in rows]
+        return ce, [self.seg_embedding(out.hidden_states[r, pos]) for r, pos in enumerate(seg_positions)]
+
+    def seg_click_pairs(self, sample: TrainingSample, seg: torch.Tensor
+                        ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+        """The ``[SEG]``-to-click targets of one sample's ``[SEG]`` prompts ``seg [E, Q, D]``, per query frame:
+        ``(prompts [N, D], click prompts [N, D], expressions [N], frame)``.
 
         A decoder that follows clicks reads a click prompt as "the object here"; a ``[SEG]`` prompt equal to the
         click prompt at the referred object's centre (:func:`center_clicks`) is read the same way. So this term
@@ -275,17 +286,17 @@ class GLUSModel(GLUSMLLM):
         alone reaches it only through the decoder. Expressions of several objects (no single centre) and frames
         without the object are left to the mask loss. The click prompts are targets: no gradient flows into them.
         """
-        single = [e for e in range(seg.shape[0]) if not sample.objects or len(sample.objects[e]) == 1]
-        pairs = []
+        single = torch.tensor([e for e in range(seg.shape[0]) if not sample.objects or len(sample.objects[e]) == 1],
+                              dtype=torch.long)
+        out = []
         for j in range(seg.shape[1]):
-            targets = sample.masks[single, j]
-            points, present = center_clicks(targets, self.sam2.config.image_size)
+            points, present = center_clicks(sample.masks[single, j], self.sam2.config.image_size)
             if bool(present.any()):
-                rows = torch.tensor(single, device=seg.device)[present.to(seg.device)]
+                rows = single[present.cpu()].to(seg.device)
                 with torch.no_grad():
                     want = self.sam2.click_prompt(points[present].to(self.device, self.sam2.no_mem_embed.dtype))
-                pairs.append((seg[rows, j], want[:, 0]))
-        return pairs
+                out.append((seg[rows, j], want[:, 0], rows, j))
+        return out
 
     def _click_terms(self, features: Sam2ImageFeatures, targets: torch.Tensor, preds: list[torch.Tensor],
                      gts: list[torch.Tensor]) -> None:

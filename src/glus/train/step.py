@@ -42,7 +42,7 @@ class StepSettings:
         prompt_grad: the mask loss reaches the ``[SEG]`` prompts, seg head and language model (released: yes).
         click_weight: weight of the click-prompt mask term (:mod:`glus.model.clicks`; released: 0, off).
         clicks_only: this step trains SAM-2 alone on click prompts (the language model does not run).
-        seg_click_weight: weight of the ``[SEG]``-to-click term (``GLUSModel._seg_click_terms``; released: 0, off).
+        seg_click_weight: weight of the ``[SEG]``-to-click term (``GLUSModel.seg_click_pairs``; released: 0, off).
         grad_clip: global gradient-norm limit (``None``: no clipping).
     """
 
