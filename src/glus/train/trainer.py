@@ -89,8 +89,8 @@ class _Forward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, *args: Any) -> TrainForward:
-        return self.model.forward_train_outputs(*args)
+    def forward(self, *args: Any, **kwargs: Any) -> TrainForward:
+        return self.model.forward_train_outputs(*args, **kwargs)
 
 
 class _DDPModel:
@@ -99,8 +99,8 @@ class _DDPModel:
     def __init__(self, ddp: nn.parallel.DistributedDataParallel) -> None:
         self.ddp = ddp
 
-    def forward_train_outputs(self, *args: Any) -> TrainForward:
-        return self.ddp(*args)
+    def forward_train_outputs(self, *args: Any, **kwargs: Any) -> TrainForward:
+        return self.ddp(*args, **kwargs)
 
 
 class Trainer:
@@ -286,9 +286,12 @@ class Trainer:
                                 cfg.steps, result.losses["total"], result.lr, rate, left / 60)
                     log.flush()
                 if done % cfg.save_every == 0 or done == cfg.steps:
-                    self._save_checkpoint(done, params, trainable, optimizer, scheduler, contrastive, result)
+                    # The log first: a run killed between the two resumes from the previous checkpoint and drops
+                    # the rows after it; killed the other way round, the rows before this checkpoint were lost.
                     if log is not None:
                         log.flush()
+                    self._save_checkpoint(done, params, trainable, optimizer, scheduler, contrastive, result)
+                    if log is not None:
                         draw_curves(self.run_dir / LOG_NAME, self.run_dir / CURVES_NAME)
                 if cfg.val_data is not None and self.rank == 0 and (
                         done == cfg.steps or (cfg.val_every and done % cfg.val_every == 0)):
