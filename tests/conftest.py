@@ -3,8 +3,10 @@ checkpoint."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -14,6 +16,16 @@ REFERENCE_NUMBERS = FIXTURES / "reference"  # the official evaluators' numbers o
 BEDROOM = FIXTURES / "data" / "bedroom"  # 24 real JPEG frames, 960x540
 SAV = FIXTURES / "data" / "sav_000001"  # real SA-V masklets (COCO RLE)
 SPLIT_TOOL = FIXTURES / "tools" / "make_sav_mevis.py"  # builds the MeViS / ReVOS / DAVIS17 splits from SAV
+REPO = FIXTURES.parent.parent
+
+
+def load_script(relative: str) -> ModuleType:
+    """A script of the repository that is not part of the package (``experiments/*.py``), imported by path."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

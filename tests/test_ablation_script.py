@@ -3,24 +3,18 @@ finished runs and writes the table."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("ablation", ROOT / "experiments" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_ablation_runs_resumes_and_writes_the_table(tmp_path: Path, monkeypatch) -> None:
     from glus.data.benchmark import TIERS, write_benchmark
 
-    ablation = _script()
+    ablation = load_script("experiments/ablation.py")
     data = tmp_path / "synth"
     write_benchmark(data, (10, 5, 5), seed=3)
     runs, md, js = tmp_path / "runs", tmp_path / "ablation.md", tmp_path / "results.json"

@@ -4,25 +4,19 @@ leaves the embedded SAM-2 it borrows untouched, and writes its evaluation rows."
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import torch
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("seg_click_probe", ROOT / "experiments" / "seg_click_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_probe_trains_the_language_side_and_reports(tmp_path: Path) -> None:
     from glus.data.benchmark import write_benchmark
 
-    probe = _script()
+    probe = load_script("experiments/seg_click_probe.py")
     data = tmp_path / "synth"
     write_benchmark(data, (6, 5, 5), seed=1)
     out = tmp_path / "probe.csv"
@@ -36,7 +30,7 @@ def test_probe_trains_the_language_side_and_reports(tmp_path: Path) -> None:
 
 
 def test_probe_freezes_sam2_and_grid_clicks_are_sam2s() -> None:
-    probe = _script()
+    probe = load_script("experiments/seg_click_probe.py")
     model, tokenizer = probe.build("small", ROOT / "src" / "glus" / "assets" / "demo" / "model", seed=0)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and not any(n.startswith("model.visual_model.") for n in trainable)
