@@ -34,6 +34,7 @@ logger = logging.getLogger("seg_click_probe")
 def build(preset_name: str, sam2_from: Path, seed: int):
     """A seeded ``preset_name`` model whose SAM-2 is ``sam2_from``'s, and the benchmark's tokenizer."""
     from glus.config import preset
+    from glus.errors import GLUSError
     from glus.model.checkpoint import from_pretrained
     from glus.model.glus import GLUSModel
     from glus.model.vision_tower import build_vision_tower
@@ -44,7 +45,7 @@ def build(preset_name: str, sam2_from: Path, seed: int):
     model = GLUSModel(cfg, vision_tower=build_vision_tower(cfg.vision))
     trained = from_pretrained(sam2_from)
     if trained.config.sam2 != cfg.sam2:
-        raise SystemExit(f"{sam2_from}: its SAM-2 is not the {preset_name} preset's")
+        raise GLUSError(f"its SAM-2 is not the {preset_name} preset's", sam2_from)
     model.sam2.load_state_dict(trained.sam2.state_dict())
     tokenizer = GLUSTokenizer.from_pretrained(sam2_from)
     model.seg_token_id = tokenizer.seg_token_id
@@ -81,8 +82,7 @@ def evaluate(model, data, count: int) -> dict[str, float]:
     got, want, masks = [], [], []
     for number in range(count):
         sample = data[number]
-        _, prompts = model.seg_prompts_train([sample])
-        seg = torch.stack([p[-sample.masks.shape[1]:] for p in prompts])
+        _, (seg,) = model.seg_prompts_train([sample])
         for prompt, target, rows, j in model.seg_click_pairs(sample, seg):
             got.append(prompt)
             want.append(target)
@@ -105,24 +105,40 @@ def evaluate(model, data, count: int) -> dict[str, float]:
             "hit": hits(got_t), "hit_mean": hits(mean.expand_as(want_t)), "pairs": len(masks)}
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "synth")
     parser.add_argument("--preset", default="small", choices=["small", "small-grid"])
     parser.add_argument("--sam2-from", type=Path, default=ROOT / "src" / "glus" / "assets" / "demo" / "model",
                         help="a trained model of the same SAM-2 size (default: the embedded model)")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--steps", type=_positive, default=2000)
+    parser.add_argument("--batch-size", type=_positive, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--eval-every", type=int, default=500)
-    parser.add_argument("--eval-samples", type=int, default=40)
+    parser.add_argument("--eval-every", type=_positive, default=500)
+    parser.add_argument("--eval-samples", type=_positive, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=_positive, default=2)
     parser.add_argument("--out", type=Path, required=True, help="CSV of the evaluations")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
+    from glus.errors import GLUSError
 
+    try:
+        return probe(args)
+    except GLUSError as exc:  # a missing split or model, a model of another size: one line, no traceback
+        parser.exit(2, f"seg_click_probe: error: {exc}\n")
+
+
+def probe(args: argparse.Namespace) -> int:
+    """Train and evaluate as ``main``'s arguments say (see the module docstring)."""
     from glus.eval.report import write_csv
     from glus.train.step import adamw
 
@@ -139,16 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, args.steps + 1):
         batch = [train[(step - 1) * args.batch_size + i] for i in range(args.batch_size)]
         ce, prompts = model.seg_prompts_train(batch)
-        pairs, row = [], 0
-        for sample in batch:
-            e, q = sample.masks.shape[:2]
-            seg = torch.stack([p[-q:] for p in prompts[row:row + e]])
-            row += e
-            pairs.extend(model.seg_click_pairs(sample, seg))
-        if not pairs:
+        mse = model.seg_click_loss(batch, prompts)
+        if mse is None:
             continue
-        got, want = (torch.cat([pair[k] for pair in pairs]) for k in (0, 1))
-        mse = torch.nn.functional.mse_loss(got, want)
         optimizer.zero_grad(set_to_none=True)
         (ce + mse).backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import load_script
@@ -38,3 +39,15 @@ def test_probe_freezes_sam2_and_grid_clicks_are_sam2s() -> None:
     grid, centres = probe.grid_prompts(model)
     assert grid.shape == (16 * 16, model.config.prompt_dim) and centres[0].tolist() == [8.0, 8.0]
     torch.testing.assert_close(grid[17], model.sam2.click_prompt(centres[17:18])[0, 0])
+
+
+def test_probe_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
+    probe = load_script("experiments/seg_click_probe.py")
+    for argv, words in ((["--data", str(tmp_path / "none")], "dataset folder not found"),
+                        (["--steps", "0"], "must be >= 1")):
+        with pytest.raises(SystemExit) as exit_info:
+            probe.main([*argv, "--out", str(tmp_path / "probe.csv")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert words in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "probe.csv").exists()

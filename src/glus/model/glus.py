@@ -196,21 +196,15 @@ class GLUSModel(GLUSMLLM):
             raise ValueError(f"ce_on must be 'seg' or 'assistant', got {ce_on!r}")
         if clicks_only:
             return self._click_forward(samples, weights, image_grad)
-        ce, seg_embeddings = self.seg_prompts_train(samples, ce_on)
+        ce, per_sample_seg = self.seg_prompts_train(samples, ce_on)
         # What prompts SAM-2: the same embeddings, or (prompt_grad off) copies the mask loss cannot trace back past.
-        prompts = seg_embeddings if prompt_grad else [e.detach() for e in seg_embeddings]
+        per_sample_prompt = per_sample_seg if prompt_grad else [e.detach() for e in per_sample_seg]
         preds, gts, anchors, metas = [], [], [], []
         click_preds: list[torch.Tensor] = []
         click_gts: list[torch.Tensor] = []
-        seg_click_pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
-        per_sample_seg, per_sample_logits = [], []
-        row = 0
-        for sample in samples:
+        per_sample_logits = []
+        for sample, sample_seg, sample_prompt in zip(samples, per_sample_seg, per_sample_prompt):
             num_expr, num_query = sample.masks.shape[:2]
-            sample_seg = torch.stack([seg_embeddings[row + e][-num_query:] for e in range(num_expr)])  # [E, Q, D]
-            sample_prompt = torch.stack([prompts[row + e][-num_query:] for e in range(num_expr)])  # [E, Q, D]
-            per_sample_seg.append(sample_seg)
-            row += num_expr
             size = tuple(sample.masks.shape[-2:])
             features = self.sam2.encode_image(sample.sam_pixels.to(self.device, self.sam2.no_mem_embed.dtype),
                                               grad=image_grad)
@@ -223,8 +217,6 @@ class GLUSModel(GLUSMLLM):
                 if click_weight > 0:
                     self._click_terms(features.frame(j), gts[-1], click_preds, click_gts)
             per_sample_logits.append(torch.stack(preds[-num_query:], dim=1))  # [E, Q, H, W]
-            if seg_click_weight > 0:
-                seg_click_pairs.extend(self.seg_click_pairs(sample, sample_seg))
             for e in range(num_expr):
                 for j in range(num_query):
                     anchors.append(sample_seg[e, j])
@@ -243,19 +235,19 @@ class GLUSModel(GLUSMLLM):
             losses["clicks"] = click_weight * (weights.bce * cb + weights.dice * cd)
             losses["total"] = losses["total"] + losses["clicks"]
         losses["seg_click"] = torch.zeros_like(losses["total"])
-        if seg_click_pairs:
-            got, want = (torch.cat([pair[k] for pair in seg_click_pairs]).float() for k in (0, 1))
-            losses["seg_click"] = seg_click_weight * F.mse_loss(got, want)
+        seg_click = self.seg_click_loss(samples, per_sample_seg) if seg_click_weight > 0 else None
+        if seg_click is not None:
+            losses["seg_click"] = seg_click_weight * seg_click
             losses["total"] = losses["total"] + losses["seg_click"]
         return TrainForward(losses, per_sample_seg, per_sample_logits, result)
 
     def seg_prompts_train(self, samples: Sequence[TrainingSample],
                           ce_on: str = "seg") -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The language half of a training forward: the cross-entropy and every conversation's ``[SEG]`` prompts.
+        """The language half of a training forward: the cross-entropy and the query frames' ``[SEG]`` prompts.
 
         Returns:
-            ``(ce, prompts)``: ``prompts`` one ``[S, prompt_dim]`` tensor per conversation (samples in order, their
-            expressions in order), ``S`` its ``[SEG]`` answers; the query frames' are the last ``Q``.
+            ``(ce, prompts)``: ``prompts`` per sample ``[E, Q, prompt_dim]`` (expression, query frame): of each
+            conversation's ``[SEG]`` answers, the last ``Q``.
         """
         if self.seg_token_id is None:
             raise ValueError("set model.seg_token_id (the tokenizer's [SEG] id) before training")
@@ -273,7 +265,23 @@ class GLUSModel(GLUSMLLM):
         seg_positions = [torch.tensor(seg_prediction_positions(ids, seg_id, self.tokens_per_frame,
                                                                 self.config.image_token_index), dtype=torch.long)
                          for ids in rows]
-        return ce, [self.seg_embedding(out.hidden_states[r, pos]) for r, pos in enumerate(seg_positions)]
+        per_sample, row = [], 0
+        for sample in samples:
+            num_expr, num_query = sample.masks.shape[:2]
+            per_sample.append(torch.stack([self.seg_embedding(out.hidden_states[r, seg_positions[r][-num_query:]])
+                                           for r in range(row, row + num_expr)]))
+            row += num_expr
+        return ce, per_sample
+
+    def seg_click_loss(self, samples: Sequence[TrainingSample], prompts: Sequence[torch.Tensor]
+                       ) -> torch.Tensor | None:
+        """The unweighted ``[SEG]``-to-click term: MSE of every pair of :meth:`seg_click_pairs` over ``samples``
+        and their ``prompts [E, Q, D]``; ``None`` when no one-object expression is seen on any frame."""
+        pairs = [pair for sample, seg in zip(samples, prompts) for pair in self.seg_click_pairs(sample, seg)]
+        if not pairs:
+            return None
+        got, want = (torch.cat([pair[k] for pair in pairs]).float() for k in (0, 1))
+        return F.mse_loss(got, want)
 
     def seg_click_pairs(self, sample: TrainingSample, seg: torch.Tensor
                         ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:

@@ -48,7 +48,7 @@ def clip_image_processor(name_or_path: str | Path | None = None,
 
 def _default_processor(vision: VisionConfig | None) -> CLIPImageProcessorPil:
     """OpenAI CLIP's pre-processing (bicubic, OpenAI mean/std) at the tower's input size and ``preprocess``."""
-    if vision is None or (vision.preprocess == "crop" and vision.image_size == 224):
+    if vision is None:
         return CLIPImageProcessorPil()
     s = vision.image_size
     if vision.preprocess == "resize":
