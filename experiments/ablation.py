@@ -17,11 +17,14 @@ global+local       4 context + 4 query frames, no memory bank, no contrastive lo
 +key-frame         the +contrastive models, segmented from the selected key frame (``--key-frame auto``)
 =================  ==================================================================================
 
-Resumable: each run keeps its folder under ``--runs``; a finished run's ``result.json`` is reused, an interrupted
-training continues from its last checkpoint, an interrupted inference from its last finished expression. Run it
-in the background and rerun the same command after an interruption::
+Resumable across machines and sessions: each run trains under ``--runs`` (checkpoints, predictions; not kept in
+git), and its scores go to ``--results`` (``experiments/ablation/<variant>-s<seed>.json``, kept in git, with the
+budget they were made at). A run whose scores are there is never redone; an interrupted training continues from
+its last checkpoint, an interrupted inference from its last finished expression. Runs go seed by seed (every
+variant's seed 0 first), so a partial table already compares the variants. Run it in the background, rerun the
+same command after an interruption, and commit ``experiments/ablation/`` as runs finish::
 
-    nohup python experiments/ablation.py --data data/synth --runs runs/ablation > runs/ablation.log 2>&1 &
+    nohup python experiments/ablation.py > runs/ablation.log 2>&1 &
 
 When every run has a result it writes ``docs/ablation.md`` (mean and spread over seeds, overall and per tier,
 next to the paper's MeViS numbers) and ``experiments/ablation_results.json`` (every run's numbers); with
@@ -80,21 +83,20 @@ def train_run(run: Path, overrides: dict[str, Any], seed: int, data: Path, steps
     return model
 
 
-def test_run(run: Path, model: Path, data: Path, key_frame: str) -> dict[str, Any]:
-    """Segment the test split with ``model`` and score it, overall and per tier."""
-    from glus.data.benchmark import read_tiers, tier_scores
-    from glus.eval.protocols import evaluate
+def test_run(run: Path, model: Path, data: Path, key_frame: str) -> dict[str, float]:
+    """Segment the test split with ``model`` and score it: J&F (%) overall and per tier."""
+    from glus.data.benchmark import score_predictions
     from glus.inference.runner import InferSettings, run_dataset
 
     pred = run / f"test-{key_frame}"
     run_dataset(InferSettings("mevis", data / "test", pred, model, key_frame=key_frame), progress=False)
-    result = evaluate("mevis", data / "test", pred)
-    tiers = tier_scores(result.summary["per_expression"], read_tiers(data / "test"))
-    return {name: round(float(score["J&F"]) * 100, 2) for name, score in tiers.items()}
+    return score_predictions(data / "test", pred)
 
 
-def write_table(results: dict[str, dict[str, dict[str, float]]], out_md: Path, out_json: Path,
-                command: str) -> None:
+def write_table(results: dict[str, dict[str, dict[str, float]]], steps: int, out_md: Path, out_json: Path,
+                command: str, notes: str = "") -> None:
+    """``docs/ablation.md`` (the table, how to regenerate it, then ``notes``: what the numbers say, written by
+    whoever ran them) and the JSON of every run's scores."""
     from glus.data.benchmark import TIERS
     from glus.fileio import atomic_write_json, atomic_write_text
 
@@ -112,7 +114,7 @@ def write_table(results: dict[str, dict[str, dict[str, float]]], out_md: Path, o
             cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "-")
         paper = PAPER.get(variant)
         lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + f" | {paper if paper else '-'} |")
-    text = (ABLATION_DOC.format(table="\n".join(lines), command=command))
+    text = ABLATION_DOC.format(table="\n".join(lines), command=command, steps=steps, notes=notes)
     atomic_write_text(out_md, text)
 
 
@@ -120,7 +122,7 @@ ABLATION_DOC = """# The ablation, reproduced at small scale
 
 J&F (%) on the synthetic benchmark's test split, mean ± standard deviation over seeds, overall and per tier
 (see `glus.data.benchmark` for the tiers). Every variant trains the `small` preset from random weights with the
-embedded model's recipe (`configs/train/embedded.yaml`) and the same number of steps; only the column "paper"
+embedded model's recipe (`configs/train/embedded.yaml`) and the same budget, {steps} steps; only the column "paper"
 comes from elsewhere: the GLUS paper's MeViS val^u J&F (Table 4, as the spec quotes it; a real 7B model on real
 videos, so compare the direction of each step, not the numbers).
 
@@ -130,9 +132,9 @@ Regenerate (resumable; hours on 2 CPU cores, minutes on a GPU):
 
     {command}
 
-`experiments/ablation_results.json` has every run's numbers. What the table can and cannot say is discussed
-below it in this file's history: read it before quoting a row.
-"""
+`experiments/ablation/` holds each run's scores with its budget and time (`experiments/ablation_results.json`: all
+of them together). A variant with fewer seeds than the others is still running: its spread is not comparable yet.
+{notes}"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,44 +145,66 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "ablation",
+                        help="one JSON of scores per finished run (kept in git: the table's source)")
     parser.add_argument("--table-only", action="store_true", help="write the table from the results there are")
     parser.add_argument("--out-md", type=Path, default=ROOT / "docs" / "ablation.md")
     parser.add_argument("--out-json", type=Path, default=ROOT / "experiments" / "ablation_results.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from glus.errors import GLUSError
+
+    command = " ".join(["python experiments/ablation.py",
+                        *(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--table-only")])
+    try:
+        run_all(args, command)
+    except GLUSError as exc:  # a result made at another budget, a bad benchmark folder: one line, no traceback
+        parser.exit(2, f"ablation: error: {exc}\n")
+    return 0
+
+
+def run_all(args: argparse.Namespace, command: str) -> None:
+    """Train, segment and score every run without scores yet (all of them unless ``--table-only``); write the
+    table."""
+    from glus.data.benchmark import TIERS
+    from glus.errors import GLUSError
+    from glus.fileio import atomic_write_json, read_json_object
+    from glus.train.config import load_train_config
 
     if not (args.data / "test").is_dir():
         from glus.data.benchmark import write_benchmark
 
         write_benchmark(args.data, (1000, 50, 100), seed=0)
-    command = "python experiments/ablation.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:])
-                                                           if a != "--table-only")
+    recipe_steps = load_train_config(RECIPE).steps
+    steps = args.steps or recipe_steps
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for variant in args.variants:
-        overrides, key_frame, trained_like = VARIANTS[variant]
-        for seed in args.seeds:
-            train_name = f"{trained_like or variant}-s{seed}"
-            run = args.runs / train_name
-            result_file = args.runs / f"{variant}-s{seed}.json"
+    for seed in args.seeds:
+        for variant in args.variants:
+            overrides, key_frame, trained_like = VARIANTS[variant]
+            run = args.runs / f"{trained_like or variant}-s{seed}"
+            result_file = args.results / f"{variant}-s{seed}.json"
             if result_file.is_file():
-                results.setdefault(variant, {})[str(seed)] = json.loads(result_file.read_text())
+                scores = read_json_object(result_file, "ablation result")
+                if scores.get("steps") != steps:
+                    raise GLUSError(f"made with {scores.get('steps')} training steps, not {steps}: give another "
+                                    "--results folder for another budget", result_file)
+                results.setdefault(variant, {})[str(seed)] = scores
                 continue
             if args.table_only:
                 continue
             started = time.perf_counter()
             model = train_run(run, VARIANTS[trained_like][0] if trained_like else overrides, seed, args.data,
-                              args.steps)
-            scores = test_run(run, model, args.data, key_frame)
-            scores["seconds"] = round(time.perf_counter() - started, 1)
-            from glus.fileio import atomic_write_json
-
+                              None if steps == recipe_steps else steps)
+            scores = {**test_run(run, model, args.data, key_frame), "steps": steps,
+                      "seconds": round(time.perf_counter() - started, 1)}
             atomic_write_json(result_file, scores, indent=1)
             results.setdefault(variant, {})[str(seed)] = scores
             logger.info("%s seed %d: J&F %.2f (%s)", variant, seed, scores["all"],
-                        ", ".join(f"{k} {v}" for k, v in scores.items() if k not in ("all", "seconds")))
-    write_table(results, args.out_md, args.out_json, command)
+                        ", ".join(f"{k} {v}" for k, v in scores.items() if k in TIERS))
+    notes_file = args.results / "notes.md"  # the reading of the numbers, kept beside them
+    notes = "\n" + notes_file.read_text(encoding="utf-8") if notes_file.is_file() else ""
+    write_table(results, steps, args.out_md, args.out_json, command, notes)
     logger.info("wrote %s and %s", args.out_md, args.out_json)
-    return 0
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ from glus.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TIERS", "SPLITS", "BenchmarkVideo", "make_benchmark_video", "write_benchmark", "read_tiers", "tier_scores"]
+__all__ = ["TIERS", "SPLITS", "BenchmarkVideo", "make_benchmark_video", "write_benchmark", "read_tiers", "tier_scores",
+           "score_predictions"]
 
 TIERS: tuple[str, ...] = ("appearance", "motion", "temporal", "visibility", "multi")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -324,3 +325,13 @@ def tier_scores(per_expression: dict[str, dict[str, float]], tiers: dict[str, st
             f = float(np.mean([float(r["F"]) for r in rows]))
             out[tier] = {"J": j, "F": f, "J&F": (j + f) / 2, "expressions": len(rows)}
     return out
+
+
+def score_predictions(split_dir: str | Path, pred_dir: str | Path) -> dict[str, float]:
+    """J&F (%, two decimals) per tier and ``"all"`` of a folder of predicted masks for a benchmark split, scored by
+    glus's evaluator (:func:`glus.eval.protocols.evaluate`, the MeViS protocol)."""
+    from glus.eval.protocols import evaluate  # the evaluator imports the data layer: imported here, not at the top
+
+    result = evaluate("mevis", split_dir, pred_dir)
+    tiers = tier_scores(result.summary["per_expression"], read_tiers(split_dir))
+    return {name: round(float(score["J&F"]) * 100, 2) for name, score in tiers.items()}
