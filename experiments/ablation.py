@@ -104,14 +104,13 @@ def write_table(results: dict[str, dict[str, dict[str, float]]], steps: int, out
     columns = ["all", *TIERS]
     lines = ["| variant | seeds | " + " | ".join(columns) + " | paper (MeViS) |",
              "|---|---|" + "---|" * len(columns) + "---|"]
-    for variant in VARIANTS:
+    for variant in VARIANTS:  # every variant, those without a finished run too: the table shows what is missing
         runs = results.get(variant, {})
-        if not runs:
-            continue
         cells = []
         for column in columns:
             values = [r[column] for r in runs.values() if column in r]
-            cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "-")
+            spread = f" ± {np.std(values):.1f}" if len(values) > 1 else ""  # one seed has no spread to show
+            cells.append(f"{np.mean(values):.1f}{spread}" if values else "-")
         paper = PAPER.get(variant)
         lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + f" | {paper if paper else '-'} |")
     text = ABLATION_DOC.format(table="\n".join(lines), command=command, steps=steps, notes=notes)
@@ -128,7 +127,7 @@ videos, so compare the direction of each step, not the numbers).
 
 {table}
 
-Regenerate (resumable; hours on 2 CPU cores, minutes on a GPU):
+Regenerate (resumable, in the background; about 12 hours on 2 CPU cores at the recipe's budget):
 
     {command}
 
@@ -154,16 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from glus.errors import GLUSError
 
-    command = " ".join(["python experiments/ablation.py",
-                        *(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--table-only")])
     try:
-        run_all(args, command)
+        run_all(args)
     except GLUSError as exc:  # a result made at another budget, a bad benchmark folder: one line, no traceback
         parser.exit(2, f"ablation: error: {exc}\n")
     return 0
 
 
-def run_all(args: argparse.Namespace, command: str) -> None:
+def run_all(args: argparse.Namespace) -> None:
     """Train, segment and score every run without scores yet (all of them unless ``--table-only``); write the
     table."""
     from glus.data.benchmark import TIERS
@@ -177,6 +174,8 @@ def run_all(args: argparse.Namespace, command: str) -> None:
         write_benchmark(args.data, (1000, 50, 100), seed=0)
     recipe_steps = load_train_config(RECIPE).steps
     steps = args.steps or recipe_steps
+    # The command that makes the whole table at this budget (a call for some variants or seeds makes part of it).
+    command = "python experiments/ablation.py" + (f" --steps {steps}" if steps != recipe_steps else "")
     results: dict[str, dict[str, dict[str, float]]] = {}
     for seed in args.seeds:
         for variant in args.variants:

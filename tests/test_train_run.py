@@ -295,6 +295,13 @@ def test_validation_scores_with_glus_inference_and_evaluator(mevis: Path, tmp_pa
     assert all(0.0 <= float(r["J&F"]) <= 1.0 for r in rows)
     segmented = sorted(p.name for p in (run / "val" / "step-000002").iterdir() if p.is_dir())
     assert segmented == ["syn10"]  # val_videos=1: the first video only
+    # Validation only looks: the same run without it learns the same weights, bit for bit (so a run with validation
+    # and one without, e.g. the embedded model and the ablation's +contrastive, are the same training).
+    quiet = tmp_path / "quiet"
+    assert main(["train", *settings(mevis, quiet, "steps=2", "save_every=2")]) == 0
+    with_val, without = load_file(str(run / "model" / "model.safetensors")), load_file(str(quiet / "model" /
+                                                                                            "model.safetensors"))
+    assert with_val.keys() == without.keys() and all(with_val[k].equal(without[k]) for k in with_val)
 
 
 @pytest.mark.parametrize("reinit", [True, False])
