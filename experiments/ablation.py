@@ -26,9 +26,10 @@ same command after an interruption, and commit ``experiments/ablation/`` as runs
 
     nohup python experiments/ablation.py > runs/ablation.log 2>&1 &
 
-When every run has a result it writes ``docs/ablation.md`` (mean and spread over seeds, overall and per tier,
-next to the paper's MeViS numbers) and ``experiments/ablation_results.json`` (every run's numbers); with
-``--table-only`` it writes them from the results there are.
+At the end it writes ``docs/ablation.md`` (mean and spread over seeds, overall and per tier, next to the paper's
+MeViS numbers, every variant listed with the number of seeds it has so far, then ``experiments/ablation/notes.md``)
+and ``experiments/ablation_results.json`` (every run's numbers); ``--table-only`` writes them from the scores
+there are, training nothing.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def run_all(args: argparse.Namespace) -> None:
     from glus.fileio import atomic_write_json, read_json_object
     from glus.train.config import load_train_config
 
-    if not (args.data / "test").is_dir():
+    if not args.table_only and not (args.data / "test").is_dir():
         from glus.data.benchmark import write_benchmark
 
         write_benchmark(args.data, (1000, 50, 100), seed=0)
