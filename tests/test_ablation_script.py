@@ -30,6 +30,7 @@ def test_ablation_runs_resumes_and_writes_the_table(tmp_path: Path, monkeypatch)
         scores = results[variant]["0"]
         assert set(TIERS) <= set(scores) and 0 <= scores["all"] <= 100 and scores["steps"] == 4
         assert json.loads((scores_dir / f"{variant}-s0.json").read_text()) == scores
+        assert [m["from_step"] for m in scores["trained_on"]] == [0]  # runs on other processors differ like seeds
     assert (runs / "+contrastive-s0" / "model" / "model.safetensors").is_file()  # +key-frame reuses its models
     assert (runs / "+contrastive-s0" / "test-auto").is_dir() and not (runs / "+key-frame-s0").exists()
     config = json.loads(json.dumps(__import__("yaml").safe_load((runs / "local-only-s0" / "config.yaml").read_text())))

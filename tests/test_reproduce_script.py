@@ -36,6 +36,9 @@ def test_a_retrain_matches_bit_for_bit_and_another_model_is_only_compared(tmp_pa
     assert result["weights"]["max_abs_difference"] == 0.0
     assert result["retrained"] == result["shipped"] and result["difference"] == 0 and result["reproduced"]
     assert set(TIERS) <= set(result["retrained"]) and "steps=4" in result["command"]
+    # both were trained here, and both folders say so: a difference could not be blamed on the processor
+    assert result["machines"]["shipped"] == result["machines"]["retrained"]
+    assert result["machines"]["retrained"]["from_step"] == 0 and result["machines"]["retrained"]["processor"]
 
     # Another seed is another model: its weights differ and the verdict follows the scores and the tolerance.
     code = reproduce.main(_argv(tmp_path, data, "other", tmp_path / "first" / "model", seed=1))

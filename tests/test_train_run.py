@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -238,6 +239,11 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(mevis: Path, tmp_path:
     b = load_file(str(killed / "checkpoints" / "step-000010" / "trainable.safetensors"))
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["total"] for r in read_log(straight)] == [r["total"] for r in read_log(killed)]
+    # the run records each start's machine, and the model carries the record
+    machines = json.loads((killed / "machine.json").read_text())["machines"]
+    assert len(machines) == 2 and machines[0]["from_step"] == 0 and machines[1]["from_step"] in (3, 6, 9)
+    assert machines[0]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert json.loads((killed / "model" / "training_machine.json").read_text())["machines"] == machines
 
 
 def test_two_process_ddp_equals_one_process(mevis: Path, tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ A run folder holds::
         trainable.safetensors        the trainable tensors by their released names (LoRA as peft names them)
         optimizer.pt, state.json     AdamW state; step, scheduler, torch RNG, a summary of the losses
         contrastive-rank<r>.pt       each rank's contrastive bank and generator
+    RUN/machine.json                 what it ran on (processor, torch's CPU kernels, BLAS, threads), per start
     RUN/train_log.csv                one row per step: losses, lr, grad norm, samples/s
     RUN/train_curves.png             the curves of that log
-    RUN/model/                       at the end: LoRA merged, glus format (``glus segment --model RUN/model``)
+    RUN/model/                       at the end: LoRA merged, glus format (``glus segment --model RUN/model``),
+                                     with the run's machine.json as training_machine.json
 
 A checkpoint is written into a hidden temporary folder and renamed when complete, so an interrupted run never
 leaves one that ``--resume`` would take for complete. ``--resume`` continues from the newest: the frozen weights
@@ -44,6 +46,7 @@ from glus.model.losses import ContrastiveConfig, GLUSLossWeights, ObjectContrast
 from glus.model.adapters import TRAINABLE_PATTERNS, apply_lora, merge_lora
 from glus.prompts import PromptBuilder
 from glus.train.config import TrainConfig
+from glus.train.machine import describe_machine, kernel_differences
 from glus.train.schedule import WarmupDecay, warmup_decay_scheduler
 from glus.train.step import StepResult, StepSettings, adamw, released_parameter_names, train_step
 
@@ -52,6 +55,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["Trainer", "TrainSummary", "export_run", "latest_checkpoint", "draw_curves", "save_figure", "LOG_COLUMNS"]
 
 CHECKPOINTS = "checkpoints"
+MACHINE_FILE = "machine.json"  # in the run folder: one entry per start (a resume adds one)
+TRAINING_MACHINE_FILE = "training_machine.json"  # the same, in the exported model folder
 LOG_NAME = "train_log.csv"
 CURVES_NAME = "train_curves.png"
 # Settings a resumed run may change: where and how fast it runs, how often it saves or validates, how long it goes.
@@ -233,6 +238,8 @@ class Trainer:
 
             atomic_write_bytes(self.run_dir / "config.yaml",
                                yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False).encode())
+        if self.rank == 0:
+            self._record_machine(start)
         step_model: Any = model
         no_sync = None
         if self.world > 1:
@@ -441,6 +448,17 @@ class Trainer:
         logger.info("resuming from %s (step %d)", found, step)
         return step
 
+    def _record_machine(self, start: int) -> None:
+        """Append this process's machine to ``RUN/machine.json``; warn when a resume runs on other kernels (its
+        steps from here on will not be bit-identical to an uninterrupted run's)."""
+        path = self.run_dir / MACHINE_FILE
+        machines = read_json_object(path, "machine record")["machines"] if path.is_file() else []
+        now = {"from_step": start, **describe_machine(self.device)}
+        if machines and (differs := kernel_differences(machines[-1], now)):
+            logger.warning("resuming on another machine than step %d ran on (%s): from here on the run is not "
+                           "bit-identical to an uninterrupted one", machines[-1]["from_step"], "; ".join(differs))
+        atomic_write_json(path, {"machines": [*machines, now]}, indent=1)
+
     def _barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
@@ -456,6 +474,8 @@ class Trainer:
         tmp = final.parent / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_pretrained(merged, tmp, tokenizer, source=f"glus train {self.run_dir}")
+        if (self.run_dir / MACHINE_FILE).is_file():  # what it was trained on travels with the model
+            shutil.copyfile(self.run_dir / MACHINE_FILE, tmp / TRAINING_MACHINE_FILE)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         logger.info("model (LoRA merged) -> %s", final)
