@@ -84,15 +84,6 @@ def train_run(run: Path, overrides: dict[str, Any], seed: int, data: Path, steps
     return model
 
 
-def trained_on(run: Path) -> list[dict[str, Any]] | None:
-    """The machine(s) a run trained on (``RUN/machine.json``): runs on other processors differ like seeds."""
-    from glus.fileio import read_json_object
-    from glus.train.trainer import MACHINE_FILE
-
-    record = run / MACHINE_FILE
-    return read_json_object(record, "machine record")["machines"] if record.is_file() else None
-
-
 def test_run(run: Path, model: Path, data: Path, key_frame: str) -> dict[str, float]:
     """Segment the test split with ``model`` and score it: J&F (%) overall and per tier."""
     from glus.data.benchmark import score_predictions
@@ -177,6 +168,8 @@ def run_all(args: argparse.Namespace) -> None:
     from glus.errors import GLUSError
     from glus.fileio import atomic_write_json, read_json_object
     from glus.train.config import load_train_config
+    from glus.train.machine import read_machines
+    from glus.train.trainer import MACHINE_FILE
 
     if not args.table_only and not (args.data / "test").is_dir():
         from glus.data.benchmark import write_benchmark
@@ -205,7 +198,8 @@ def run_all(args: argparse.Namespace) -> None:
             model = train_run(run, VARIANTS[trained_like][0] if trained_like else overrides, seed, args.data,
                               None if steps == recipe_steps else steps)
             scores = {**test_run(run, model, args.data, key_frame), "steps": steps,
-                      "seconds": round(time.perf_counter() - started, 1), "trained_on": trained_on(run)}
+                      "seconds": round(time.perf_counter() - started, 1),
+                      "trained_on": read_machines(run / MACHINE_FILE)}  # other processors differ like seeds
             atomic_write_json(result_file, scores, indent=1)
             results.setdefault(variant, {})[str(seed)] = scores
             logger.info("%s seed %d: J&F %.2f (%s)", variant, seed, scores["all"],

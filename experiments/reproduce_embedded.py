@@ -10,8 +10,8 @@ machine and threads the retrain matches bit for bit; on a processor where torch 
 floating-point order differs, the runs drift apart like two seeds, and only the scores can be compared. Each model
 folder says what it was trained on (``training_machine.json``, :mod:`glus.train.machine`); the JSON gives both.
 
-Resumable (the training from its last checkpoint, each segmentation from its last finished expression); about 45
-minutes of training and 15 of segmentation on 2 CPU cores::
+Resumable (the training from its last checkpoint, each segmentation from its last finished expression); about 40
+minutes of training and 3 of segmentation on 2 CPU cores::
 
     nohup python experiments/reproduce_embedded.py > runs/reproduce.log 2>&1 &
 
@@ -105,11 +105,11 @@ def reproduce(config, shipped: Path, key_frame: str, tolerance: float) -> dict[s
 
 def trained_on(model: Path) -> dict[str, Any] | None:
     """The machine a model folder was trained on (the last start of its run), None when it does not say."""
-    from glus.fileio import read_json_object
+    from glus.train.machine import read_machines
     from glus.train.trainer import TRAINING_MACHINE_FILE
 
-    record = model / TRAINING_MACHINE_FILE
-    return read_json_object(record, "machine record")["machines"][-1] if record.is_file() else None
+    machines = read_machines(model / TRAINING_MACHINE_FILE)
+    return machines[-1] if machines else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,15 @@ def describe_machine(device: torch.device | str | None = None) -> dict[str, Any]
     }
 
 
+def read_machines(path: str | Path) -> list[dict[str, Any]] | None:
+    """The machines of a record (a run's ``machine.json``, a model's ``training_machine.json``), one per start of
+    the run; None when there is no record."""
+    from glus.fileio import read_json_object
+
+    path = Path(path)
+    return read_json_object(path, "machine record")["machines"] if path.is_file() else None
+
+
 def kernel_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The kernel-deciding fields in which two machine descriptions differ (``field: a -> b``)."""
     return [f"{field}: {a.get(field)} -> {b.get(field)}" for field in KERNEL_FIELDS if a.get(field) != b.get(field)]

@@ -46,7 +46,7 @@ from glus.model.losses import ContrastiveConfig, GLUSLossWeights, ObjectContrast
 from glus.model.adapters import TRAINABLE_PATTERNS, apply_lora, merge_lora
 from glus.prompts import PromptBuilder
 from glus.train.config import TrainConfig
-from glus.train.machine import describe_machine, kernel_differences
+from glus.train.machine import describe_machine, kernel_differences, read_machines
 from glus.train.schedule import WarmupDecay, warmup_decay_scheduler
 from glus.train.step import StepResult, StepSettings, adamw, released_parameter_names, train_step
 
@@ -452,7 +452,7 @@ class Trainer:
         """Append this process's machine to ``RUN/machine.json``; warn when a resume runs on other kernels (its
         steps from here on will not be bit-identical to an uninterrupted run's)."""
         path = self.run_dir / MACHINE_FILE
-        machines = read_json_object(path, "machine record")["machines"] if path.is_file() else []
+        machines = read_machines(path) or []
         now = {"from_step": start, **describe_machine(self.device)}
         if machines and (differs := kernel_differences(machines[-1], now)):
             logger.warning("resuming on another machine than step %d ran on (%s): from here on the run is not "
