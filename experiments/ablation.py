@@ -35,6 +35,7 @@ there are, training nothing.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import sys
@@ -161,12 +162,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def read_results(folder: Path, steps: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every run's scores in ``folder`` (``<variant>-s<seed>.json``), by variant and seed; a result made at another
+    budget is an error, not a row of this table."""
+    from glus.errors import GLUSError
+    from glus.fileio import read_json_object
+
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for variant in VARIANTS:
+        for result_file in sorted(folder.glob(f"{glob.escape(variant)}-s*.json")):
+            seed = result_file.stem[len(variant) + 2:]
+            if not seed.isdigit():
+                continue
+            scores = read_json_object(result_file, "ablation result")
+            if scores.get("steps") != steps:
+                raise GLUSError(f"made with {scores.get('steps')} training steps, not {steps}: give another "
+                                "--results folder for another budget", result_file)
+            results.setdefault(variant, {})[seed] = scores
+    return {variant: dict(sorted(runs.items(), key=lambda kv: int(kv[0]))) for variant, runs in results.items()}
+
+
 def run_all(args: argparse.Namespace) -> None:
     """Train, segment and score every run without scores yet (all of them unless ``--table-only``); write the
     table."""
     from glus.data.benchmark import TIERS
-    from glus.errors import GLUSError
-    from glus.fileio import atomic_write_json, read_json_object
+    from glus.fileio import atomic_write_json
     from glus.train.config import load_train_config
     from glus.train.machine import read_machines
     from glus.train.trainer import MACHINE_FILE
@@ -179,20 +199,13 @@ def run_all(args: argparse.Namespace) -> None:
     steps = args.steps or recipe_steps
     # The command that makes the whole table at this budget (a call for some variants or seeds makes part of it).
     command = "python experiments/ablation.py" + (f" --steps {steps}" if steps != recipe_steps else "")
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    read_results(args.results, steps)  # a result of another budget stops the call before it trains anything
     for seed in args.seeds:
         for variant in args.variants:
             overrides, key_frame, trained_like = VARIANTS[variant]
             run = args.runs / f"{trained_like or variant}-s{seed}"
             result_file = args.results / f"{variant}-s{seed}.json"
-            if result_file.is_file():
-                scores = read_json_object(result_file, "ablation result")
-                if scores.get("steps") != steps:
-                    raise GLUSError(f"made with {scores.get('steps')} training steps, not {steps}: give another "
-                                    "--results folder for another budget", result_file)
-                results.setdefault(variant, {})[str(seed)] = scores
-                continue
-            if args.table_only:
+            if args.table_only or result_file.is_file():
                 continue
             started = time.perf_counter()
             model = train_run(run, VARIANTS[trained_like][0] if trained_like else overrides, seed, args.data,
@@ -201,9 +214,10 @@ def run_all(args: argparse.Namespace) -> None:
                       "seconds": round(time.perf_counter() - started, 1),
                       "trained_on": read_machines(run / MACHINE_FILE)}  # other processors differ like seeds
             atomic_write_json(result_file, scores, indent=1)
-            results.setdefault(variant, {})[str(seed)] = scores
             logger.info("%s seed %d: J&F %.2f (%s)", variant, seed, scores["all"],
                         ", ".join(f"{k} {v}" for k, v in scores.items() if k in TIERS))
+    # The table shows every result there is, also those of variants and seeds this call was not asked to run.
+    results = read_results(args.results, steps)
     notes_file = args.results / "notes.md"  # the reading of the numbers, kept beside them
     notes = "\n" + notes_file.read_text(encoding="utf-8") if notes_file.is_file() else ""
     write_table(results, steps, args.out_md, args.out_json, command, notes)

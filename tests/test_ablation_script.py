@@ -40,13 +40,14 @@ def test_ablation_runs_resumes_and_writes_the_table(tmp_path: Path, monkeypatch)
     assert "4 steps" in table
 
     # Everything is done: nothing retrains (the run folders could be gone: the scores are what is kept), the same
-    # table, with the notes kept beside the scores.
+    # table, with the notes kept beside the scores; a call for one variant still tables every result there is.
     import shutil
 
     shutil.rmtree(runs)
     (scores_dir / "notes.md").write_text("## Reading it\n\nA note.\n")
     before = {p: p.stat().st_mtime_ns for p in scores_dir.glob("*.json")}
-    assert ablation.main(argv) == 0
+    assert ablation.main([*argv[:argv.index("--variants") + 1], "local-only", *argv[argv.index("--out-md"):]]) == 0
+    assert "| +key-frame | 1 |" in md.read_text()
     assert {p: p.stat().st_mtime_ns for p in scores_dir.glob("*.json")} == before and not runs.exists()
     assert json.loads(js.read_text()) == results and md.read_text().endswith("## Reading it\n\nA note.\n")
 
