@@ -129,7 +129,7 @@ videos, so compare the direction of each step, not the numbers).
 
 {table}
 
-Regenerate (resumable, in the background; about 12 hours on 2 CPU cores at the recipe's budget):
+Regenerate (resumable, in the background; about 8 hours on 2 CPU cores at the recipe's budget):
 
     {command}
 
