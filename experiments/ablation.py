@@ -188,8 +188,7 @@ def run_all(args: argparse.Namespace) -> None:
     from glus.data.benchmark import TIERS
     from glus.fileio import atomic_write_json
     from glus.train.config import load_train_config
-    from glus.train.machine import read_machines
-    from glus.train.trainer import MACHINE_FILE
+    from glus.train.machine import MACHINE_FILE, read_machines
 
     if not args.table_only and not (args.data / "test").is_dir():
         from glus.data.benchmark import write_benchmark

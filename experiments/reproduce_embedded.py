@@ -105,8 +105,7 @@ def reproduce(config, shipped: Path, key_frame: str, tolerance: float) -> dict[s
 
 def trained_on(model: Path) -> dict[str, Any] | None:
     """The machine a model folder was trained on (the last start of its run), None when it does not say."""
-    from glus.train.machine import read_machines
-    from glus.train.trainer import TRAINING_MACHINE_FILE
+    from glus.train.machine import TRAINING_MACHINE_FILE, read_machines
 
     machines = read_machines(model / TRAINING_MACHINE_FILE)
     return machines[-1] if machines else None

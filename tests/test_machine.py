@@ -8,11 +8,13 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 import glus.train.trainer as trainer_module
-from glus.train.machine import KERNEL_FIELDS, describe_machine, kernel_differences
-from glus.train.trainer import MACHINE_FILE, Trainer
+from glus.errors import GLUSError
+from glus.train.machine import MACHINE_FILE, KERNEL_FIELDS, describe_machine, kernel_differences, read_machines
+from glus.train.trainer import Trainer
 
 
 def test_describe_machine_reads_this_process() -> None:
@@ -49,3 +51,13 @@ def test_a_resume_on_other_kernels_is_recorded_and_warned(tmp_path: Path, monkey
     assert machines[2]["cpu_capability"] == "SOMETHING ELSE"
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warned) == 1 and "step 5" in warned[0] and "cpu_capability" in warned[0]
+
+
+def test_a_bad_record_is_a_one_line_error_naming_the_file(tmp_path: Path) -> None:
+    assert read_machines(tmp_path / "absent.json") is None  # a model trained before the record existed
+    for text in ("{not json", '{"machines": 3}', '{"machines": [{"processor": "x"}]}', "[1, 2]"):
+        record = tmp_path / MACHINE_FILE
+        record.write_text(text)
+        with pytest.raises(GLUSError) as error:
+            read_machines(record)
+        assert str(record) in str(error.value) and "\n" not in str(error.value)

@@ -4,6 +4,7 @@ and the same test J&F; a model made otherwise is compared, not declared reproduc
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ def _argv(tmp_path: Path, data: Path, out: str, shipped: Path, seed: int = 0) ->
             "--out-json", str(tmp_path / f"{out}.json")]
 
 
-def test_a_retrain_matches_bit_for_bit_and_another_model_is_only_compared(tmp_path: Path, monkeypatch) -> None:
+def test_a_retrain_matches_bit_for_bit_and_another_model_is_only_compared(tmp_path: Path, monkeypatch,
+                                                                            caplog) -> None:
     from glus.data.benchmark import TIERS, write_benchmark
     from glus.train.config import load_train_config
     from glus.train.trainer import Trainer
@@ -39,6 +41,13 @@ def test_a_retrain_matches_bit_for_bit_and_another_model_is_only_compared(tmp_pa
     # both were trained here, and both folders say so: a difference could not be blamed on the processor
     assert result["machines"]["shipped"] == result["machines"]["retrained"]
     assert result["machines"]["retrained"]["from_step"] == 0 and result["machines"]["retrained"]["processor"]
+    # a shipped model trained on another processor: the script says so (nothing retrains, nothing re-segments)
+    record = tmp_path / "first" / "model" / "training_machine.json"
+    machines = json.loads(record.read_text())["machines"]
+    record.write_text(json.dumps({"machines": [{**machines[-1], "processor": "Another CPU"}]}))
+    with caplog.at_level(logging.INFO, logger="reproduce_embedded"):
+        assert reproduce.main(_argv(tmp_path, data, "again", tmp_path / "first" / "model")) == 0
+    assert any("other kernels" in r.getMessage() and "Another CPU" in r.getMessage() for r in caplog.records)
 
     # Another seed is another model: its weights differ and the verdict follows the scores and the tolerance.
     code = reproduce.main(_argv(tmp_path, data, "other", tmp_path / "first" / "model", seed=1))

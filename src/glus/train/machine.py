@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 
+MACHINE_FILE = "machine.json"  # in a run folder: one entry per start (a resume adds one)
+TRAINING_MACHINE_FILE = "training_machine.json"  # the same record, in the model folder the run exported
+
 # The fields that decide which kernels run; the thread count changes how reductions are split.
 KERNEL_FIELDS = ("processor", "torch", "cpu_capability", "blas", "threads", "cuda_device")
 
@@ -57,10 +60,16 @@ def describe_machine(device: torch.device | str | None = None) -> dict[str, Any]
 def read_machines(path: str | Path) -> list[dict[str, Any]] | None:
     """The machines of a record (a run's ``machine.json``, a model's ``training_machine.json``), one per start of
     the run; None when there is no record."""
+    from glus.errors import GLUSError
     from glus.fileio import read_json_object
 
     path = Path(path)
-    return read_json_object(path, "machine record")["machines"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    machines = read_json_object(path, "machine record").get("machines")
+    if not isinstance(machines, list) or not all(isinstance(m, dict) and "from_step" in m for m in machines):
+        raise GLUSError("machine record: expected {\"machines\": [{\"from_step\": ..., ...}, ...]}", path)
+    return machines
 
 
 def kernel_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

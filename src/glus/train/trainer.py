@@ -46,7 +46,8 @@ from glus.model.losses import ContrastiveConfig, GLUSLossWeights, ObjectContrast
 from glus.model.adapters import TRAINABLE_PATTERNS, apply_lora, merge_lora
 from glus.prompts import PromptBuilder
 from glus.train.config import TrainConfig
-from glus.train.machine import describe_machine, kernel_differences, read_machines
+from glus.train.machine import (MACHINE_FILE, TRAINING_MACHINE_FILE, describe_machine, kernel_differences,
+                                read_machines)
 from glus.train.schedule import WarmupDecay, warmup_decay_scheduler
 from glus.train.step import StepResult, StepSettings, adamw, released_parameter_names, train_step
 
@@ -55,8 +56,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["Trainer", "TrainSummary", "export_run", "latest_checkpoint", "draw_curves", "save_figure", "LOG_COLUMNS"]
 
 CHECKPOINTS = "checkpoints"
-MACHINE_FILE = "machine.json"  # in the run folder: one entry per start (a resume adds one)
-TRAINING_MACHINE_FILE = "training_machine.json"  # the same, in the exported model folder
 LOG_NAME = "train_log.csv"
 CURVES_NAME = "train_curves.png"
 # Settings a resumed run may change: where and how fast it runs, how often it saves or validates, how long it goes.
